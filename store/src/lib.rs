@@ -1,1 +1,293 @@
-//! placeholder
+//! layerhop's content-addressed store.
+//!
+//! Layout under a node's data directory:
+//! - `chunks/xx/<id>`: one file per chunk, named by the BLAKE3 of its bytes (see `chunks`).
+//! - `index/`: a sled database of metadata only — which chunks are present (id → length) and
+//!   the newest release of each channel. It is a cache of what the files say: when it is missing
+//!   or damaged, [`Store::open`] rebuilds it by re-hashing every chunk file.
+//! - `releases/<channel>/<version>.release`: every recorded signed release, written atomically;
+//!   the durable copy from which the index's release table is rebuilt.
+//! - `trust.json`: the highest accepted version per channel (see [`trust`]).
+//!
+//! Main items: [`Store`], [`blob`] (chunk trees), [`tarsplit`] (layers as header columns and
+//! contents), [`import`] and [`export`].
+#![warn(missing_docs)]
+
+mod chunks;
+pub mod blob;
+pub mod error;
+pub mod export;
+mod fsutil;
+pub mod hashing;
+pub mod import;
+pub mod tarsplit;
+pub mod trust;
+
+pub use error::{Error, Result};
+
+use chunks::{ChunkFiles, Read as ChunkRead};
+use layerhop_protocol::{ChunkId, ReleaseBody, SignedRelease, limits};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT: &[u8] = b"layerhop-index-1";
+
+/// What [`Store::open`] found.
+#[derive(Debug, Default, Clone)]
+pub struct OpenReport {
+    /// Whether the index had to be rebuilt from the chunk files.
+    pub rebuilt: bool,
+    /// Chunk files found valid during a rebuild.
+    pub chunks_kept: usize,
+    /// Chunk files dropped during a rebuild because their bytes did not match their names.
+    pub chunks_dropped: usize,
+}
+
+/// The store of one node. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Store {
+    root: PathBuf,
+    files: ChunkFiles,
+    db: sled::Db,
+    chunk_index: sled::Tree,
+    release_index: sled::Tree,
+    trust_file: trust::TrustFile,
+    trust: Mutex<trust::Trust>,
+    /// Whether each chunk write is fsynced before its rename (see [`Store::set_durable`]).
+    durable: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store under `root`, rebuilding the index if it is missing or damaged.
+    pub fn open(root: &Path) -> Result<(Store, OpenReport)> {
+        std::fs::create_dir_all(root).map_err(Error::io("create directory", root))?;
+        let files = ChunkFiles::open(root)?;
+        let index_dir = root.join("index");
+        let mut report = OpenReport::default();
+        let db = match Self::open_index(&index_dir) {
+            Ok(db) => db,
+            Err(reason) => {
+                tracing::warn!(index = %index_dir.display(), %reason, "rebuilding the index from the chunk files");
+                let aside = root.join(format!("index.damaged-{}", std::process::id()));
+                if index_dir.exists() {
+                    let _ = std::fs::remove_dir_all(&aside);
+                    std::fs::rename(&index_dir, &aside).map_err(Error::io("move aside", &index_dir))?;
+                }
+                report.rebuilt = true;
+                sled::open(&index_dir)?
+            }
+        };
+        let trust_file = trust::TrustFile::new(root);
+        let trust = trust_file.load()?;
+        let store = Store {
+            root: root.to_owned(),
+            chunk_index: db.open_tree("chunks")?,
+            release_index: db.open_tree("releases")?,
+            db,
+            files,
+            trust_file,
+            trust: Mutex::new(trust),
+            durable: std::sync::atomic::AtomicBool::new(true),
+        };
+        if report.rebuilt {
+            store.rebuild(&mut report)?;
+            store.db.insert(FORMAT_KEY, FORMAT)?;
+            store.db.flush()?;
+        }
+        Ok((store, report))
+    }
+
+    fn open_index(dir: &Path) -> std::result::Result<sled::Db, String> {
+        if !dir.exists() {
+            return Err("index is missing".into());
+        }
+        let db = sled::open(dir).map_err(|e| format!("cannot open: {e}"))?;
+        match db.get(FORMAT_KEY) {
+            Ok(Some(v)) if v.as_ref() == FORMAT => Ok(db),
+            Ok(_) => Err("index has no format marker (created but never completed)".into()),
+            Err(e) => Err(format!("cannot read: {e}")),
+        }
+    }
+
+    fn rebuild(&self, report: &mut OpenReport) -> Result<()> {
+        for (id, _) in self.files.scan()? {
+            match self.files.read(&id)? {
+                ChunkRead::Ok(bytes) => {
+                    self.chunk_index.insert(id.as_bytes(), &(bytes.len() as u32).to_le_bytes())?;
+                    report.chunks_kept += 1;
+                }
+                ChunkRead::Damaged | ChunkRead::Absent => report.chunks_dropped += 1,
+            }
+        }
+        let dir = self.root.join("releases");
+        for channel in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let mut newest: Option<(u64, SignedRelease)> = None;
+            for f in std::fs::read_dir(channel.path()).into_iter().flatten().flatten() {
+                let Ok(bytes) = std::fs::read(f.path()) else { continue };
+                let Ok(signed) = SignedRelease::decode(&bytes) else { continue };
+                let Ok(body) = signed.peek() else { continue };
+                if newest.as_ref().is_none_or(|(v, _)| body.version > *v) {
+                    newest = Some((body.version, signed));
+                }
+            }
+            if let Some((_, signed)) = newest {
+                let body = signed.peek()?;
+                self.release_index.insert(body.channel.as_str(), signed.encode())?;
+            }
+        }
+        tracing::info!(kept = report.chunks_kept, dropped = report.chunks_dropped, "index rebuilt");
+        Ok(())
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Choose whether every chunk write is fsynced (default) or left to the OS until
+    /// [`Store::sync`]. Bulk imports turn it off and sync once at the end; chunk reads verify
+    /// their bytes anyway, so a chunk torn by a crash is caught and refetched, never served.
+    pub fn set_durable(&self, durable: bool) {
+        self.durable.store(durable, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Make every chunk written so far durable (one `syncfs`-like pass over the store) and flush
+    /// the index.
+    pub fn sync(&self) -> Result<()> {
+        // There is no portable syncfs; fsync of the chunk directory tree's files is what the OS
+        // offers. Files already written back cost little.
+        for (_, path) in self.files.scan()? {
+            if let Ok(f) = std::fs::File::open(&path) {
+                f.sync_all().map_err(Error::io("fsync", &path))?;
+            }
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Whether the chunk is present.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        matches!(self.chunk_index.contains_key(id.as_bytes()), Ok(true))
+    }
+
+    /// Store bytes received from elsewhere: checked against `id` first.
+    pub fn put(&self, id: &ChunkId, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > limits::MAX_CHUNK {
+            return Err(Error::ChunkTooLarge { len: bytes.len(), limit: limits::MAX_CHUNK });
+        }
+        if !id.matches(bytes) {
+            return Err(Error::Mismatch { id: *id });
+        }
+        self.put_new(id, bytes).map(|_| ())
+    }
+
+    /// Store bytes whose id the caller just computed; returns whether the chunk was new.
+    pub(crate) fn put_new(&self, id: &ChunkId, bytes: &[u8]) -> Result<bool> {
+        if bytes.len() > limits::MAX_CHUNK {
+            return Err(Error::ChunkTooLarge { len: bytes.len(), limit: limits::MAX_CHUNK });
+        }
+        if self.has(id) {
+            return Ok(false);
+        }
+        self.files.write(id, bytes, self.durable.load(std::sync::atomic::Ordering::Relaxed))?;
+        self.chunk_index.insert(id.as_bytes(), &(bytes.len() as u32).to_le_bytes())?;
+        Ok(true)
+    }
+
+    /// Read a chunk, verified. A damaged chunk is quarantined, forgotten, and reported absent so
+    /// it is fetched again; it is never returned.
+    pub fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        match self.files.read(id)? {
+            ChunkRead::Ok(b) => {
+                if !self.has(id) {
+                    self.chunk_index.insert(id.as_bytes(), &(b.len() as u32).to_le_bytes())?;
+                }
+                Ok(Some(b))
+            }
+            ChunkRead::Absent | ChunkRead::Damaged => {
+                self.chunk_index.remove(id.as_bytes())?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Forget and delete a chunk.
+    pub fn remove(&self, id: &ChunkId) -> Result<()> {
+        self.chunk_index.remove(id.as_bytes())?;
+        self.files.remove(id)
+    }
+
+    /// Number of chunks in the index.
+    pub fn chunk_count(&self) -> usize {
+        self.chunk_index.len()
+    }
+
+    /// Path of a chunk's file (for tools and tests that inspect the store).
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        self.files.path(id)
+    }
+
+    /// Record a verified release as its channel's newest: the file first, then the index.
+    pub fn record_release(&self, signed: &SignedRelease, body: &ReleaseBody) -> Result<()> {
+        let dir = self.root.join("releases").join(body.channel.as_str());
+        std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
+        fsutil::write_atomic(&dir.join(format!("{:020}.release", body.version)), &signed.encode())?;
+        self.release_index.insert(body.channel.as_str(), signed.encode())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The newest recorded release of every channel, as stored (callers re-verify).
+    pub fn releases(&self) -> Result<Vec<SignedRelease>> {
+        let mut out = Vec::new();
+        for kv in self.release_index.iter() {
+            let (_, v) = kv?;
+            out.push(SignedRelease::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// The newest recorded release of `channel`.
+    pub fn release(&self, channel: &str) -> Result<Option<SignedRelease>> {
+        match self.release_index.get(channel)? {
+            Some(v) => Ok(Some(SignedRelease::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The durable trust state.
+    pub fn trust(&self) -> trust::Trust {
+        self.trust.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Raise `channel`'s trusted version to `version` (and the time floor to `issued_at`),
+    /// durably. Refuses a version that is not newer.
+    pub fn raise_trust(&self, channel: &str, version: u64, issued_at: u64) -> Result<()> {
+        let mut t = self.trust.lock().map_err(|_| Error::invalid("trust state", "lock poisoned"))?;
+        let trusted = t.versions.get(channel).copied().unwrap_or(0);
+        if version <= trusted && t.versions.contains_key(channel) {
+            return Err(Error::NotNewer { channel: channel.to_owned(), version, trusted });
+        }
+        let mut next = t.clone();
+        next.versions.insert(channel.to_owned(), version);
+        next.newest_time = next.newest_time.max(issued_at);
+        self.trust_file.save(&next)?;
+        *t = next;
+        Ok(())
+    }
+
+    /// Flush the index (at shutdown).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,228 @@
+//! Writing, reading and walking blobs: byte strings stored as trees of chunks.
+//!
+//! [`BlobWriter`] cuts each file on its own (a file up to 64 KiB is one chunk; larger files
+//! go through FastCDC v2020 at 16/64/256 KiB), so a file's chunks depend only on its bytes, never
+//! on what precedes it in a layer. [`BlobReader`] streams a blob back in constant memory.
+//! [`progress`] finds what a device still lacks, descending only into interior nodes it holds.
+
+use crate::Store;
+use crate::error::{Error, Result};
+use layerhop_protocol::tree::{self, Entry};
+use layerhop_protocol::{BlobRef, ChunkId, limits};
+use std::collections::HashSet;
+use std::io::Read;
+
+/// Builds one blob from files and byte strings appended in order.
+pub struct BlobWriter<'a> {
+    store: &'a Store,
+    tree: tree::Builder,
+    error: Option<Error>,
+    /// Bytes of chunks that were new to the store.
+    pub new_bytes: u64,
+}
+
+impl<'a> BlobWriter<'a> {
+    /// Start a blob in `store`.
+    pub fn new(store: &'a Store) -> Self {
+        BlobWriter { store, tree: tree::Builder::new(), error: None, new_bytes: 0 }
+    }
+
+    fn put_leaf(&mut self, data: &[u8]) -> Result<()> {
+        let id = ChunkId::of(data);
+        if self.store.put_new(&id, data)? {
+            self.new_bytes += data.len() as u64;
+        }
+        let store = self.store;
+        let error = &mut self.error;
+        self.tree.push(id, data.len() as u64, &mut |nid, bytes| {
+            if let Err(e) = store.put_new(&nid, &bytes) {
+                error.get_or_insert(e);
+            }
+        });
+        Ok(())
+    }
+
+    /// Append `bytes` as one file.
+    pub fn add_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() as u64 <= limits::SINGLE_CHUNK_FILE {
+            return self.put_leaf(bytes);
+        }
+        self.add_file(&mut &bytes[..], bytes.len() as u64)
+    }
+
+    /// Append one file of `size` bytes read from `r`.
+    pub fn add_file(&mut self, r: &mut dyn Read, size: u64) -> Result<()> {
+        if size == 0 {
+            return Ok(());
+        }
+        if size <= limits::SINGLE_CHUNK_FILE {
+            let mut buf = Vec::with_capacity(size as usize);
+            r.take(size).read_to_end(&mut buf).map_err(Error::io("read", "file contents"))?;
+            if buf.len() as u64 != size {
+                return Err(Error::invalid("file contents", format!("ended after {} of {size} bytes", buf.len())));
+            }
+            return self.put_leaf(&buf);
+        }
+        let mut read = 0u64;
+        let cdc = fastcdc::v2020::StreamCDC::new(r.take(size), limits::CDC_MIN as usize, limits::CDC_AVG as usize, limits::CDC_MAX as usize);
+        for chunk in cdc {
+            let chunk = chunk.map_err(|e| Error::invalid("file contents", e))?;
+            read += chunk.length as u64;
+            self.put_leaf(&chunk.data)?;
+        }
+        if read != size {
+            return Err(Error::invalid("file contents", format!("ended after {read} of {size} bytes")));
+        }
+        Ok(())
+    }
+
+    /// Close the blob and return its root.
+    pub fn finish(mut self) -> Result<BlobRef> {
+        let store = self.store;
+        let error = &mut self.error;
+        let root = self.tree.finish(&mut |nid, bytes| {
+            if let Err(e) = store.put_new(&nid, &bytes) {
+                error.get_or_insert(e);
+            }
+        });
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(root),
+        }
+    }
+}
+
+/// Store `bytes` as a blob of one file.
+pub fn write_bytes(store: &Store, bytes: &[u8]) -> Result<BlobRef> {
+    let mut w = BlobWriter::new(store);
+    w.add_bytes(bytes)?;
+    w.finish()
+}
+
+/// Streams a blob's bytes from the store, checking every length against the tree.
+pub struct BlobReader<'a> {
+    store: &'a Store,
+    /// Interior nodes being walked: entries, next index, height of the entries.
+    stack: Vec<(Vec<Entry>, usize, u8)>,
+    leaf: Vec<u8>,
+    pos: usize,
+}
+
+impl<'a> BlobReader<'a> {
+    /// Read the blob `r` from `store`.
+    pub fn new(store: &'a Store, r: BlobRef) -> Result<Self> {
+        tree::check_ref(&r)?;
+        let mut me = BlobReader { store, stack: Vec::new(), leaf: Vec::new(), pos: 0 };
+        me.enter(Entry { id: r.root, len: r.len }, r.height)?;
+        Ok(me)
+    }
+
+    fn load(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.store.get(id)?.ok_or(Error::Missing { id: *id })
+    }
+
+    fn enter(&mut self, e: Entry, height: u8) -> Result<()> {
+        if height == 0 {
+            let data = self.load(&e.id)?;
+            if data.len() as u64 != e.len {
+                return Err(Error::invalid(format!("chunk {}", e.id), format!("holds {} bytes, tree says {}", data.len(), e.len)));
+            }
+            self.leaf = data;
+            self.pos = 0;
+            return Ok(());
+        }
+        let node = self.load(&e.id)?;
+        let entries = tree::decode_node(&node, e.len)?;
+        self.stack.push((entries, 0, height - 1));
+        Ok(())
+    }
+
+    /// Move to the next leaf; false at the end.
+    fn advance(&mut self) -> Result<bool> {
+        loop {
+            let Some((entries, next, height)) = self.stack.last_mut() else { return Ok(false) };
+            if *next == entries.len() {
+                self.stack.pop();
+                continue;
+            }
+            let e = entries[*next];
+            let h = *height;
+            *next += 1;
+            self.enter(e, h)?;
+            if h == 0 {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+impl Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.leaf.len() {
+            if !self.advance().map_err(std::io::Error::other)? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.leaf.len() - self.pos);
+        buf[..n].copy_from_slice(&self.leaf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// What a set of blobs needs: the chunks known to be missing now, and byte counts.
+#[derive(Debug, Default, Clone)]
+pub struct Progress {
+    /// Bytes of data chunks in all blobs.
+    pub total: u64,
+    /// Bytes of data chunks present.
+    pub have: u64,
+    /// Chunks missing and reachable now (data chunks, and interior nodes whose parent is held).
+    pub missing: Vec<ChunkId>,
+}
+
+impl Progress {
+    /// Whether every chunk is present.
+    pub fn complete(&self) -> bool {
+        self.missing.is_empty() && self.have == self.total
+    }
+}
+
+/// Walk `blobs` and report what is present and what to fetch next.
+pub fn progress(store: &Store, blobs: &[BlobRef]) -> Result<Progress> {
+    let mut p = Progress::default();
+    let mut seen = HashSet::new();
+    let mut stack: Vec<(Entry, u8)> = blobs.iter().map(|b| (Entry { id: b.root, len: b.len }, b.height)).collect();
+    for b in blobs {
+        tree::check_ref(b)?;
+        p.total += b.len;
+    }
+    while let Some((e, height)) = stack.pop() {
+        if height == 0 {
+            if store.has(&e.id) {
+                p.have += e.len;
+            } else if seen.insert(e.id) {
+                p.missing.push(e.id);
+            }
+            continue;
+        }
+        if !store.has(&e.id) {
+            if seen.insert(e.id) {
+                p.missing.push(e.id);
+            }
+            continue;
+        }
+        match store.get(&e.id)? {
+            Some(node) => {
+                let entries = tree::decode_node(&node, e.len)?;
+                stack.extend(entries.into_iter().rev().map(|c| (c, height - 1)));
+            }
+            None => {
+                if seen.insert(e.id) {
+                    p.missing.push(e.id);
+                }
+            }
+        }
+    }
+    Ok(p)
+}

@@ -1,0 +1,154 @@
+//! Store tests: chunk files, index rebuild, trust file, blobs.
+
+use super::*;
+use crate::blob::{BlobReader, BlobWriter, progress};
+use std::io::Read;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, _) = Store::open(dir.path()).expect("open");
+    (dir, s)
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn put_refuses_bytes_that_do_not_match() {
+    let (_d, s) = store();
+    let id = ChunkId::of(b"abc");
+    assert!(matches!(s.put(&id, b"abd"), Err(Error::Mismatch { .. })));
+    assert!(!s.has(&id));
+    s.put(&id, b"abc").expect("put");
+    assert_eq!(s.get(&id).expect("get").as_deref(), Some(&b"abc"[..]));
+}
+
+#[test]
+fn damaged_chunk_is_never_returned_and_is_forgotten() {
+    let (_d, s) = store();
+    let id = ChunkId::of(b"payload");
+    s.put(&id, b"payload").expect("put");
+    std::fs::write(s.chunk_path(&id), b"pAyload").expect("corrupt");
+    assert_eq!(s.get(&id).expect("get"), None);
+    assert!(!s.has(&id));
+    assert!(!s.chunk_path(&id).exists());
+}
+
+#[test]
+fn blobs_round_trip_at_every_size() {
+    let (_d, s) = store();
+    for n in [0usize, 1, 65536, 65537, 300_000, 3_000_000] {
+        let data = pseudo_random(n, n as u64);
+        let mut w = BlobWriter::new(&s);
+        w.add_file(&mut &data[..], n as u64).expect("add");
+        let r = w.finish().expect("finish");
+        assert_eq!(r.len, n as u64);
+        let mut back = Vec::new();
+        BlobReader::new(&s, r).expect("reader").read_to_end(&mut back).expect("read");
+        assert!(back == data, "size {n}");
+        assert!(progress(&s, &[r]).expect("progress").complete());
+    }
+}
+
+#[test]
+fn chunking_is_deterministic_and_per_file() {
+    let (_d, a) = store();
+    let (_e, b) = store();
+    let f1 = pseudo_random(500_000, 1);
+    let f2 = pseudo_random(200_000, 2);
+    let mut wa = BlobWriter::new(&a);
+    wa.add_bytes(&f1).expect("add");
+    wa.add_bytes(&f2).expect("add");
+    let ra = wa.finish().expect("finish");
+    // A different file before f2 must not change f2's chunks.
+    let mut wb = BlobWriter::new(&b);
+    wb.add_bytes(&pseudo_random(123_457, 3)).expect("add");
+    wb.add_bytes(&f2).expect("add");
+    wb.finish().expect("finish");
+    let mut wa2 = BlobWriter::new(&a);
+    wa2.add_bytes(&f1).expect("add");
+    wa2.add_bytes(&f2).expect("add");
+    assert_eq!(wa2.finish().expect("finish"), ra);
+    let mut only_f2 = BlobWriter::new(&a);
+    only_f2.add_bytes(&f2).expect("add");
+    let r2 = only_f2.finish().expect("finish");
+    let p = progress(&b, &[r2]).expect("progress");
+    assert!(p.missing.len() <= 1, "f2's data chunks are shared; only its tree root may differ: {p:?}");
+}
+
+#[test]
+fn progress_reports_missing_then_complete() {
+    let (_d, src) = store();
+    let (_e, dst) = store();
+    let data = pseudo_random(2_000_000, 9);
+    let r = blob::write_bytes(&src, &data).expect("write");
+    let mut rounds = 0;
+    loop {
+        let p = progress(&dst, &[r]).expect("progress");
+        if p.complete() {
+            break;
+        }
+        for id in p.missing {
+            let bytes = src.get(&id).expect("get").expect("present");
+            dst.put(&id, &bytes).expect("put");
+        }
+        rounds += 1;
+        assert!(rounds < 10);
+    }
+    let mut back = Vec::new();
+    BlobReader::new(&dst, r).expect("reader").read_to_end(&mut back).expect("read");
+    assert!(back == data);
+}
+
+#[test]
+fn missing_index_is_rebuilt_from_chunk_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = pseudo_random(1_000_000, 4);
+    let r = {
+        let (s, _) = Store::open(dir.path()).expect("open");
+        let r = blob::write_bytes(&s, &data).expect("write");
+        s.flush().expect("flush");
+        r
+    };
+    std::fs::remove_dir_all(dir.path().join("index")).expect("rm index");
+    // And one damaged chunk file: it must be dropped by the rebuild.
+    let victim = ChunkId::of(b"victim");
+    let sub = dir.path().join("chunks").join(&victim.to_hex()[..2]);
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    std::fs::write(sub.join(victim.to_hex()), b"not the victim").expect("write");
+    let (s, report) = Store::open(dir.path()).expect("reopen");
+    assert!(report.rebuilt);
+    assert_eq!(report.chunks_dropped, 1);
+    assert!(progress(&s, &[r]).expect("progress").complete());
+    // Garbage in place of the index is rebuilt too.
+    drop(s);
+    std::fs::remove_dir_all(dir.path().join("index")).expect("rm index");
+    std::fs::create_dir_all(dir.path().join("index")).expect("mkdir");
+    std::fs::write(dir.path().join("index/db"), b"garbage").expect("garbage");
+    let (s, report) = Store::open(dir.path()).expect("reopen");
+    assert!(report.rebuilt);
+    assert!(progress(&s, &[r]).expect("progress").complete());
+}
+
+#[test]
+fn trust_only_grows_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (s, _) = Store::open(dir.path()).expect("open");
+        s.raise_trust("models", 3, 100).expect("raise");
+        assert!(matches!(s.raise_trust("models", 3, 100), Err(Error::NotNewer { .. })));
+        assert!(matches!(s.raise_trust("models", 2, 100), Err(Error::NotNewer { .. })));
+    }
+    let (s, _) = Store::open(dir.path()).expect("open");
+    assert_eq!(s.trust().versions.get("models"), Some(&3));
+    assert_eq!(s.trust().newest_time, 100);
+}
