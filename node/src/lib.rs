@@ -1,1 +1,31 @@
-//! placeholder
+//! The layerhop node: daemon, CLI commands and the pieces the simulations reuse.
+//!
+//! `main.rs` is glue over this library. Main items:
+//! - [`daemon::run`]: `layerhop run`; [`event_loop`]: the task that owns the libp2p swarm.
+//! - [`traffic`]: per-link byte accounting on the raw TCP streams (metered vs LAN).
+//! - [`fetch`]: what a device still needs of a release; [`accept`]: whether it trusts one.
+//! - [`control`]: the daemon's local control socket; [`commands`]: the CLI's subcommands.
+//! - [`sample`]: generated images and models for the demo, the tests and the simulations.
+//!
+//! Errors: library-level pieces with callers that branch on the cause ([`accept::Refusal`])
+//! are typed; the command and daemon layers report `anyhow` errors with context, since their
+//! only consumer is a person reading the message.
+#![warn(missing_docs)]
+
+pub mod accept;
+pub mod cli;
+pub mod codec;
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
+pub mod event_loop;
+pub mod fetch;
+pub mod home;
+pub mod sample;
+pub mod status;
+// The NetworkBehaviour derive generates an undocumented event enum in this module.
+#[allow(missing_docs)]
+pub mod swarm;
+pub mod traffic;

@@ -1,1 +1,46 @@
-fn main(){}
+//! The `layerhop` binary: parse the command line, set up logging, dispatch.
+
+use clap::Parser;
+use layerhop_node::cli::{Cli, Cmd};
+use layerhop_node::home::Home;
+use layerhop_node::{commands, daemon, demo};
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match cli.command {
+        Cmd::Init { home, seed, join, listen } => println!("{}", commands::init(&Home::new(home.home), seed, join.as_deref(), &listen)?),
+        Cmd::Invite { home, site, addr } => println!("{}", commands::invite(&Home::new(home.home), &site, &addr)?),
+        Cmd::Run { home } => tokio::runtime::Runtime::new()?.block_on(daemon::run(&Home::new(home.home)))?,
+        Cmd::Publish { home, channel, version, ttl_secs, sources } => {
+            print_json(&commands::publish(&Home::new(home.home), &channel, &sources, version, ttl_secs)?)?
+        }
+        Cmd::Status { home, json } => {
+            let s = commands::status(&Home::new(home.home))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", commands::render_status(&s));
+            }
+        }
+        Cmd::Export { home, channel, out } => print_json(&commands::export(&Home::new(home.home), &channel, &out)?)?,
+        Cmd::Offer { home, release } => print_json(&commands::offer(&Home::new(home.home), &release)?)?,
+        Cmd::Demo { devices, files, deps_mib, keep } => demo::run(&demo::Options { devices, files, deps_mib, keep })?,
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The command line: clap derive; `///` docs are the `--help` text.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// layerhop: get container layers and ML models onto fleets of devices, paying the metered
+/// cellular link about once per site.
+#[derive(Debug, Parser)]
+#[command(name = "layerhop", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+    /// Log format on stderr: "text" or "json". Levels come from RUST_LOG (default: info).
+    #[arg(long, global = true, default_value = "text", env = "LAYERHOP_LOG_FORMAT")]
+    pub log_format: String,
+}
+
+/// The node's home directory.
+#[derive(Debug, clap::Args)]
+pub struct HomeArg {
+    /// The node's home directory (config, keys, store).
+    #[arg(long, env = "LAYERHOP_HOME")]
+    pub home: PathBuf,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Create a node's home: a seed (`--seed`) or a device (`--join TOKEN`).
+    Init {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// Make this node the seed: generate the publisher and fleet keys.
+        #[arg(long, conflicts_with = "join", required_unless_present = "join")]
+        seed: bool,
+        /// Enroll this node as a device with a token from `layerhop invite`.
+        #[arg(long)]
+        join: Option<String>,
+        /// Multiaddr to listen on (repeatable). Default: a seed all interfaces on TCP 7410,
+        /// a device all interfaces on an ephemeral port.
+        #[arg(long)]
+        listen: Vec<String>,
+    },
+    /// Seed: print a join token for a new device.
+    Invite {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// The device's site (its LAN).
+        #[arg(long, default_value = "default")]
+        site: String,
+        /// Multiaddr at which devices reach the seed (repeatable). Default: the running seed's
+        /// listen addresses.
+        #[arg(long)]
+        addr: Vec<String>,
+    },
+    /// Run the node's daemon (seed or device) until SIGINT/SIGTERM.
+    Run {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Seed: publish SOURCEs (docker save tarballs, OCI layouts, model files or directories) as
+    /// the channel's next release. The seed must be running.
+    Publish {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// Channel name (a-z, 0-9, '.', '_', '-').
+        #[arg(long)]
+        channel: String,
+        /// Version number (default: one more than the current version).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Validity in seconds (default: the config's `release_ttl_days`).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+        /// What to publish.
+        #[arg(required = true)]
+        sources: Vec<PathBuf>,
+    },
+    /// Show the node's peers, releases and traffic.
+    Status {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a channel's newest release: model files into a directory, each image as a
+    /// `docker load`-able tarball (or, for a release that is one image, to OUT if it ends in .tar).
+    Export {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// Channel name.
+        #[arg(long)]
+        channel: String,
+        /// Output path; must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Hand a signed release file to a running node, as if a peer had announced it (for sites
+    /// reached by other means than the network). The node checks it like any release.
+    Offer {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// A `.release` file.
+        release: PathBuf,
+    },
+    /// Run a seed and a site of devices on this machine and show what crosses the metered link.
+    Demo {
+        /// Devices on the site.
+        #[arg(long, default_value_t = 3)]
+        devices: usize,
+        /// Files in the generated deps layer.
+        #[arg(long, default_value_t = 3000)]
+        files: usize,
+        /// Size of the generated deps layer in MiB.
+        #[arg(long, default_value_t = 100)]
+        deps_mib: u64,
+        /// Keep the demo's temporary homes (printed) instead of removing them.
+        #[arg(long)]
+        keep: bool,
+    },
+}

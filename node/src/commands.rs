@@ -1,0 +1,148 @@
+//! The subcommands other than `run` and `demo`: init, invite, publish, status, export, offer.
+
+use crate::config::{self, Config, Role, TemplateValues};
+use crate::control::{self, Request};
+use crate::home::{Home, write_secret};
+use crate::status::Status;
+use anyhow::{Context, Result, anyhow, bail};
+use layerhop_protocol::PublisherKey;
+use layerhop_protocol::token::{Credential, JoinToken};
+use std::path::{Path, PathBuf};
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+}
+
+/// `layerhop init`.
+pub fn init(home: &Home, seed: bool, join: Option<&str>, listen: &[String]) -> Result<String> {
+    if home.config().exists() {
+        bail!("{} already exists: this home is initialized", home.config().display());
+    }
+    for a in listen {
+        a.parse::<libp2p::Multiaddr>().with_context(|| format!("--listen {a:?} is not a multiaddr"))?;
+    }
+    let token = match join {
+        Some(t) => Some(JoinToken::decode(t).context("the join token is not valid")?),
+        None => None,
+    };
+    std::fs::create_dir_all(home.root()).with_context(|| format!("creating {}", home.root().display()))?;
+    let identity = libp2p::identity::Keypair::generate_ed25519();
+    write_secret(&home.identity(), &identity.to_protobuf_encoding()?)?;
+    let peer = identity.public().to_peer_id();
+    let text = if seed {
+        let publisher = PublisherKey::generate()?;
+        let fleet = PublisherKey::generate()?;
+        write_secret(&home.publisher_key(), &publisher.to_bytes())?;
+        write_secret(&home.fleet_key(), &fleet.to_bytes())?;
+        config::render(&TemplateValues { role: "seed", site: "cloud", listen, seed_addrs: &[], seed_peer: "", publisher_key: &publisher.public().to_hex() })
+    } else {
+        let t = token.ok_or_else(|| anyhow!("pass --seed or --join TOKEN"))?;
+        let seed_peer = libp2p::PeerId::from_bytes(&t.seed_peer).context("the join token's seed peer id is invalid")?;
+        write_secret(&home.credential(), &encode_credential(&t.credential)?)?;
+        config::render(&TemplateValues {
+            role: "device",
+            site: &t.credential.site,
+            listen,
+            seed_addrs: &t.seed_addrs,
+            seed_peer: &seed_peer.to_string(),
+            publisher_key: &t.publisher.to_hex(),
+        })
+    };
+    Config::parse(&text).context("the generated config does not validate")?;
+    std::fs::write(home.config(), text)?;
+    Ok(format!("initialized {} as {} (peer id {peer})", home.root().display(), if seed { "seed" } else { "device" }))
+}
+
+fn encode_credential(c: &Credential) -> Result<Vec<u8>> {
+    serde_json::to_vec(c).context("encoding credential")
+}
+
+/// `layerhop invite`.
+pub fn invite(home: &Home, site: &str, addrs: &[String]) -> Result<String> {
+    let cfg = Config::load(&home.config())?;
+    if cfg.role != Role::Seed {
+        bail!("only a seed invites devices; {} is a device", home.root().display());
+    }
+    let fleet = home.load_signing_key(&home.fleet_key())?;
+    let publisher = home.load_signing_key(&home.publisher_key())?;
+    let peer = home.load_identity()?.public().to_peer_id();
+    let mut seed_addrs: Vec<String> = addrs.to_vec();
+    if seed_addrs.is_empty() {
+        let running = std::fs::read_to_string(home.listen_addrs()).unwrap_or_default();
+        seed_addrs = running.lines().map(str::to_owned).filter(|a| !a.is_empty()).collect();
+    }
+    if seed_addrs.is_empty() {
+        seed_addrs = cfg.listen.iter().map(|a| a.to_string()).filter(|a| !a.contains("/0.0.0.0/") && !a.contains("/::/")).collect();
+    }
+    if seed_addrs.is_empty() {
+        bail!("the seed listens on all interfaces and is not running: pass --addr MULTIADDR (where devices reach it), or start the seed first");
+    }
+    for a in &seed_addrs {
+        a.parse::<libp2p::Multiaddr>().with_context(|| format!("--addr {a:?} is not a multiaddr"))?;
+    }
+    let token = JoinToken {
+        seed_addrs,
+        seed_peer: peer.to_bytes(),
+        publisher: publisher.public(),
+        fleet: fleet.public(),
+        credential: Credential::issue(&fleet, site, crate::accept::system_now())?,
+    };
+    Ok(token.encode())
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
+/// `layerhop publish`.
+pub fn publish(home: &Home, channel: &str, sources: &[PathBuf], version: Option<u64>, ttl_secs: Option<u64>) -> Result<serde_json::Value> {
+    let sources = sources.iter().map(|s| absolute(s)).collect::<Result<Vec<_>>>()?;
+    for s in &sources {
+        if !s.exists() {
+            bail!("source {} does not exist", s.display());
+        }
+    }
+    block_on(control::call(home, &Request::Publish { channel: channel.into(), sources, version, ttl_secs }))
+}
+
+/// `layerhop status` as a value.
+pub fn status(home: &Home) -> Result<Status> {
+    let v = block_on(control::call(home, &Request::Status))?;
+    serde_json::from_value(v).context("decoding status")
+}
+
+/// Human form of a status.
+pub fn render_status(s: &Status) -> String {
+    let mut out = format!("peer {}  role {:?}  site {}\n", s.peer_id, s.role, s.site);
+    out += &format!("listening on {}\n", s.listen_addrs.join(", "));
+    out += &format!("peers: {}\n", s.peers.len());
+    for p in &s.peers {
+        out += &format!("  {} ({}{})\n", p.peer_id, p.link, if p.seed { ", seed" } else { "" });
+    }
+    out += "releases:\n";
+    for r in &s.releases {
+        let pct = if r.bytes_total == 0 { 100.0 } else { r.bytes_have as f64 * 100.0 / r.bytes_total as f64 };
+        out += &format!(
+            "  {} v{}  {}  {}/{} bytes ({pct:.1}%)\n",
+            r.channel,
+            r.version,
+            if r.complete { "complete" } else { "fetching" },
+            r.bytes_have,
+            r.bytes_total
+        );
+    }
+    let t = s.traffic;
+    out += &format!("traffic: metered in {} out {}  lan in {} out {}\n", t.metered_in, t.metered_out, t.lan_in, t.lan_out);
+    out
+}
+
+/// `layerhop export`.
+pub fn export(home: &Home, channel: &str, out: &Path) -> Result<serde_json::Value> {
+    block_on(control::call(home, &Request::Export { channel: channel.into(), out: absolute(out)? }))
+}
+
+/// `layerhop offer`.
+pub fn offer(home: &Home, release: &Path) -> Result<serde_json::Value> {
+    let bytes = std::fs::read(release).with_context(|| format!("reading {}", release.display()))?;
+    block_on(control::call(home, &Request::Offer { release_hex: hex::encode(bytes) }))
+}

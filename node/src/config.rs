@@ -1,0 +1,248 @@
+//! The node's configuration file, `config.toml` in its home.
+//!
+//! Load → fill defaults → validate: every key has a default (shown in [`TEMPLATE`], which
+//! `layerhop init` writes), and a bad value is an error naming its key. The typed result is the
+//! only form the rest of the node sees.
+
+use anyhow::{Context, Result, anyhow, bail};
+use layerhop_protocol::Channel;
+use layerhop_protocol::release::PublicKey;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+/// The port a seed listens on unless told otherwise.
+pub const SEED_PORT: u16 = 7410;
+
+/// What `layerhop init` writes; documents every key with its default.
+pub const TEMPLATE: &str = r#"# layerhop node configuration. Keys left out take the default shown in the comment.
+
+# "seed" (the cloud node that publishes) or "device". Set by `layerhop init`.
+role = "{role}"
+
+# Site this device belongs to (its LAN). Set from the join token. Default: "default".
+site = "{site}"
+
+# Multiaddrs to listen on. Default: a seed listens on all interfaces on TCP port 7410,
+# a device on all interfaces on an ephemeral port (so many devices can share a host).
+listen = [{listen}]
+
+# Device: where the seed is (multiaddrs) and its peer id. Set from the join token.
+seed_addrs = [{seed_addrs}]
+seed_peer = "{seed_peer}"
+
+# Device: the publisher key releases must be signed with (hex). Pinned at enrollment.
+publisher_key = "{publisher_key}"
+
+# Channels this device follows. Default: [] = every channel the seed publishes.
+channels = []
+
+# Seed: how long a published release stays valid, in days. Default: 30.
+release_ttl_days = 30
+
+# Chunk requests kept in flight per peer. Default: 8.
+parallel_requests = 8
+
+# Seconds before an unanswered request is given up and retried elsewhere. Default: 30.
+request_timeout_secs = 30
+"#;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    role: String,
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    listen: Option<Vec<String>>,
+    #[serde(default)]
+    seed_addrs: Vec<String>,
+    #[serde(default)]
+    seed_peer: Option<String>,
+    #[serde(default)]
+    publisher_key: Option<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    release_ttl_days: Option<u64>,
+    #[serde(default)]
+    parallel_requests: Option<usize>,
+    #[serde(default)]
+    request_timeout_secs: Option<u64>,
+}
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Publishes releases and serves them over the metered link.
+    Seed,
+    /// Follows channels and fetches releases.
+    Device,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Seed or device.
+    pub role: Role,
+    /// Site name.
+    pub site: String,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Device: the seed's addresses.
+    pub seed_addrs: Vec<Multiaddr>,
+    /// Device: the seed's peer id.
+    pub seed_peer: Option<PeerId>,
+    /// Device: the pinned publisher key.
+    pub publisher_key: Option<PublicKey>,
+    /// Followed channels; empty means all.
+    pub channels: Vec<Channel>,
+    /// Seed: validity of a published release.
+    pub release_ttl: Duration,
+    /// Requests in flight per peer.
+    pub parallel_requests: usize,
+    /// Per-request deadline.
+    pub request_timeout: Duration,
+}
+
+fn parse_key(hex_key: &str) -> Result<PublicKey> {
+    let mut b = [0u8; 32];
+    hex::decode_to_slice(hex_key, &mut b).map_err(|e| anyhow!("{e}"))?;
+    Ok(PublicKey::from_bytes(b))
+}
+
+impl Config {
+    /// Read and validate `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in config {}", path.display()))
+    }
+
+    /// Parse and validate config text.
+    pub fn parse(text: &str) -> Result<Config> {
+        let f: File = toml::from_str(text)?;
+        let role = match f.role.as_str() {
+            "seed" => Role::Seed,
+            "device" => Role::Device,
+            other => bail!("key `role`: {other:?} is neither \"seed\" nor \"device\""),
+        };
+        let site = f.site.unwrap_or_else(|| "default".into());
+        layerhop_protocol::token::check_site(&site).context("key `site`")?;
+        let default_listen = match role {
+            Role::Seed => format!("/ip4/0.0.0.0/tcp/{SEED_PORT}"),
+            Role::Device => "/ip4/0.0.0.0/tcp/0".into(),
+        };
+        let listen = f.listen.filter(|l| !l.is_empty()).unwrap_or_else(|| vec![default_listen]);
+        let listen = listen
+            .iter()
+            .map(|a| a.parse().with_context(|| format!("key `listen`: {a:?} is not a multiaddr")))
+            .collect::<Result<Vec<Multiaddr>>>()?;
+        let seed_addrs = f
+            .seed_addrs
+            .iter()
+            .map(|a| a.parse().with_context(|| format!("key `seed_addrs`: {a:?} is not a multiaddr")))
+            .collect::<Result<Vec<Multiaddr>>>()?;
+        let seed_peer = match f.seed_peer.filter(|s| !s.is_empty()) {
+            Some(p) => Some(p.parse().map_err(|e| anyhow!("key `seed_peer`: {e}"))?),
+            None => None,
+        };
+        let publisher_key = match f.publisher_key.filter(|s| !s.is_empty()) {
+            Some(k) => Some(parse_key(&k).context("key `publisher_key`")?),
+            None => None,
+        };
+        let channels = f
+            .channels
+            .iter()
+            .map(|c| Channel::new(c).context("key `channels`"))
+            .collect::<Result<Vec<_>>>()?;
+        if role == Role::Device {
+            if seed_addrs.is_empty() {
+                bail!("key `seed_addrs`: a device needs at least one seed address");
+            }
+            if seed_peer.is_none() {
+                bail!("key `seed_peer`: a device needs the seed's peer id");
+            }
+            if publisher_key.is_none() {
+                bail!("key `publisher_key`: a device needs the pinned publisher key");
+            }
+        }
+        let parallel_requests = f.parallel_requests.unwrap_or(8);
+        if !(1..=256).contains(&parallel_requests) {
+            bail!("key `parallel_requests`: {parallel_requests} is not between 1 and 256");
+        }
+        let timeout = f.request_timeout_secs.unwrap_or(30);
+        if !(1..=3600).contains(&timeout) {
+            bail!("key `request_timeout_secs`: {timeout} is not between 1 and 3600");
+        }
+        let ttl = f.release_ttl_days.unwrap_or(30);
+        if !(1..=3650).contains(&ttl) {
+            bail!("key `release_ttl_days`: {ttl} is not between 1 and 3650");
+        }
+        Ok(Config {
+            role,
+            site,
+            listen,
+            seed_addrs,
+            seed_peer,
+            publisher_key,
+            channels,
+            release_ttl: Duration::from_secs(ttl * 86_400),
+            parallel_requests,
+            request_timeout: Duration::from_secs(timeout),
+        })
+    }
+
+    /// Whether this node follows `channel`.
+    pub fn follows(&self, channel: &Channel) -> bool {
+        self.channels.is_empty() || self.channels.contains(channel)
+    }
+}
+
+/// Values to fill [`TEMPLATE`] with.
+pub struct TemplateValues<'a> {
+    /// "seed" or "device".
+    pub role: &'a str,
+    /// Site name.
+    pub site: &'a str,
+    /// Listen multiaddrs.
+    pub listen: &'a [String],
+    /// Seed multiaddrs.
+    pub seed_addrs: &'a [String],
+    /// Seed peer id.
+    pub seed_peer: &'a str,
+    /// Publisher key, hex.
+    pub publisher_key: &'a str,
+}
+
+/// Render the config file for `layerhop init`.
+pub fn render(v: &TemplateValues<'_>) -> String {
+    let list = |l: &[String]| l.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    TEMPLATE
+        .replace("{role}", v.role)
+        .replace("{site}", v.site)
+        .replace("{listen}", &list(v.listen))
+        .replace("{seed_addrs}", &list(v.seed_addrs))
+        .replace("{seed_peer}", v.seed_peer)
+        .replace("{publisher_key}", v.publisher_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_and_errors_name_their_key() {
+        let seed = render(&TemplateValues { role: "seed", site: "default", listen: &[], seed_addrs: &[], seed_peer: "", publisher_key: "" });
+        let c = Config::parse(&seed).expect("seed config");
+        assert_eq!(c.listen[0].to_string(), "/ip4/0.0.0.0/tcp/7410");
+        let err = format!("{:#}", Config::parse("role = \"seed\"\nparallel_requests = 0").expect_err("bad"));
+        assert!(err.contains("parallel_requests"), "{err}");
+        let err = format!("{:#}", Config::parse("role = \"device\"").expect_err("bad"));
+        assert!(err.contains("seed_addrs"), "{err}");
+        let err = format!("{:#}", Config::parse("role = \"seed\"\nlisten = [\"nope\"]").expect_err("bad"));
+        assert!(err.contains("listen"), "{err}");
+        assert!(Config::parse("role = \"seed\"\nbogus = 1").is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! The control socket: how `layerhop publish|status|export|offer` talk to a running daemon.
+//!
+//! A Unix socket in the node's home (so only users who can reach the home can use it), one JSON
+//! request line and one JSON reply line per connection. The daemon holds the store's lock;
+//! commands that need the store go through here instead of opening it a second time.
+
+use crate::event_loop::{Command, Handle};
+use crate::home::Home;
+use anyhow::{Context, Result, anyhow, bail};
+use layerhop_protocol::{Channel, PublisherKey, ReleaseBody, SignedRelease, release::PublicKey};
+use layerhop_store::Store;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+const MAX_LINE: usize = 1 << 20;
+
+/// A request on the control socket.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The node's status.
+    Status,
+    /// Seed: import sources and publish them as the channel's next release.
+    Publish {
+        /// Channel name.
+        channel: String,
+        /// Absolute source paths.
+        sources: Vec<PathBuf>,
+        /// Explicit version (must be newer); default: the next one.
+        version: Option<u64>,
+        /// Validity in seconds; default: the config's `release_ttl_days`.
+        ttl_secs: Option<u64>,
+    },
+    /// Reassemble the newest release of a channel into `out`.
+    Export {
+        /// Channel name.
+        channel: String,
+        /// Absolute output path.
+        out: PathBuf,
+    },
+    /// Hand over a signed release file's bytes (hex), as if a peer had announced it.
+    Offer {
+        /// Hex of the encoded signed release.
+        release_hex: String,
+    },
+    /// Stop the daemon.
+    Shutdown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Reply {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// What the control server needs.
+pub struct Server {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The event loop.
+    pub handle: Handle,
+    /// Seed: the publisher key.
+    pub publisher: Option<Arc<PublisherKey>>,
+    /// Key releases are verified with on export.
+    pub verify_key: Option<PublicKey>,
+    /// Default validity of published releases.
+    pub ttl: Duration,
+    /// Serializes publishes so versions are assigned in order.
+    pub publish_lock: tokio::sync::Mutex<()>,
+}
+
+/// Bind the socket, replacing a stale one left by a crashed daemon.
+pub async fn bind(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!("a daemon is already running with this home (control socket {} answers)", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))
+}
+
+impl Server {
+    /// Serve connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.connection(stream).await {
+                    tracing::debug!(error = %e, "control connection failed");
+                }
+            });
+        }
+    }
+
+    async fn connection(&self, stream: UnixStream) -> Result<()> {
+        let (r, mut w) = stream.into_split();
+        let mut line = String::new();
+        let n = BufReader::new(r).take(MAX_LINE as u64).read_line(&mut line).await?;
+        let reply = if n == 0 || !line.ends_with('\n') {
+            Reply::Error("request must be one JSON line of at most 1 MiB".into())
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Ok(req) => match self.handle(req).await {
+                    Ok(v) => Reply::Ok(v),
+                    Err(e) => Reply::Error(format!("{e:#}")),
+                },
+                Err(e) => Reply::Error(format!("bad request: {e}")),
+            }
+        };
+        let mut out = serde_json::to_vec(&reply)?;
+        out.push(b'\n');
+        w.write_all(&out).await?;
+        Ok(())
+    }
+
+    async fn handle(&self, req: Request) -> Result<serde_json::Value> {
+        match req {
+            Request::Status => {
+                let s = self.handle.call(Command::Status).await.ok_or_else(|| anyhow!("daemon is stopping"))?;
+                Ok(serde_json::to_value(s)?)
+            }
+            Request::Publish { channel, sources, version, ttl_secs } => self.publish(channel, sources, version, ttl_secs).await,
+            Request::Export { channel, out } => self.export(channel, out).await,
+            Request::Offer { release_hex } => {
+                let bytes = hex::decode(release_hex.trim()).context("release is not hex")?;
+                let signed = SignedRelease::decode(&bytes)?;
+                let r = self.handle.call(|tx| Command::Offer(signed, tx)).await.ok_or_else(|| anyhow!("daemon is stopping"))?;
+                r.map(serde_json::Value::String).map_err(|e| anyhow!(e))
+            }
+            Request::Shutdown => {
+                self.handle.call(Command::Shutdown).await;
+                Ok(serde_json::Value::Null)
+            }
+        }
+    }
+
+    async fn publish(&self, channel: String, sources: Vec<PathBuf>, version: Option<u64>, ttl_secs: Option<u64>) -> Result<serde_json::Value> {
+        let key = self.publisher.clone().ok_or_else(|| anyhow!("only a seed publishes (this node has no publisher key)"))?;
+        let channel = Channel::new(&channel)?;
+        if sources.is_empty() {
+            bail!("nothing to publish: name at least one source");
+        }
+        let _guard = self.publish_lock.lock().await;
+        let store = self.store.clone();
+        let ttl = ttl_secs.map(Duration::from_secs).unwrap_or(self.ttl);
+        let started = std::time::Instant::now();
+        let (signed, body) = tokio::task::spawn_blocking(move || -> Result<(SignedRelease, ReleaseBody)> {
+            let current = store.trust().versions.get(channel.as_str()).copied().unwrap_or(0);
+            let version = match version {
+                Some(v) if v <= current => bail!("version {v} is not newer than the channel's current version {current}"),
+                Some(v) => v,
+                None => current + 1,
+            };
+            store.set_durable(false);
+            let imported = layerhop_store::import::import_sources(&store, &sources);
+            store.set_durable(true);
+            let imported = imported?;
+            store.sync()?;
+            let now = crate::accept::system_now();
+            let body = ReleaseBody {
+                channel: channel.clone(),
+                version,
+                issued_at: now,
+                expires_at: now.saturating_add(ttl.as_secs()),
+                artifacts: imported.artifacts,
+                images: imported.images,
+            };
+            let signed = key.sign_release(&body)?;
+            store.raise_trust(channel.as_str(), version, now)?;
+            store.record_release(&signed, &body)?;
+            Ok((signed, body))
+        })
+        .await??;
+        let release_bytes = signed.encode().len();
+        let announced = self.handle.call(|tx| Command::Announce(signed, tx)).await.unwrap_or(0);
+        tracing::info!(channel = %body.channel, version = body.version, artifacts = body.artifacts.len(), "published");
+        Ok(serde_json::json!({
+            "channel": body.channel.as_str(),
+            "version": body.version,
+            "artifacts": body.artifacts.len(),
+            "images": body.images.len(),
+            "bytes": body.artifacts.iter().map(|a| a.size).sum::<u64>(),
+            "stored_bytes": body.stored_bytes(),
+            "release_bytes": release_bytes,
+            "announced_to": announced,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))
+    }
+
+    async fn export(&self, channel: String, out: PathBuf) -> Result<serde_json::Value> {
+        let key = self.verify_key.ok_or_else(|| anyhow!("no key to verify releases with"))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+            let signed = store.release(&channel)?.ok_or_else(|| anyhow!("no release of channel {channel:?} is held"))?;
+            let body = signed.verify(&key)?;
+            let blobs: Vec<_> = body.artifacts.iter().flat_map(|a| a.content.blobs()).collect();
+            let p = layerhop_store::blob::progress(&store, &blobs)?;
+            if !p.complete() {
+                bail!("release {channel} v{} is incomplete: {} of {} bytes held", body.version, p.have, p.total);
+            }
+            let e = layerhop_store::export::export_release(&store, &body, &out)?;
+            Ok(serde_json::json!({
+                "channel": channel,
+                "version": body.version,
+                "out": out,
+                "files": e.files,
+                "bytes": e.bytes,
+            }))
+        })
+        .await?
+    }
+}
+
+/// Send one request to the daemon of `home` and return its result.
+pub async fn call(home: &Home, req: &Request) -> Result<serde_json::Value> {
+    let path = home.control_socket();
+    let stream = UnixStream::connect(&path)
+        .await
+        .with_context(|| format!("no daemon answers at {} (start it with `layerhop run --home {}`)", path.display(), home.root().display()))?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut reply = String::new();
+    BufReader::new(r).take(64 << 20).read_line(&mut reply).await?;
+    match serde_json::from_str::<Reply>(&reply).with_context(|| format!("daemon sent a malformed reply: {reply:?}"))? {
+        Reply::Ok(v) => Ok(v),
+        Reply::Error(e) => Err(anyhow!(e)),
+    }
+}

@@ -1,0 +1,60 @@
+//! `layerhop run`: open the store, start the swarm, the event loop and the control socket, and
+//! stop cleanly on SIGINT or SIGTERM (the index is flushed and the socket removed).
+
+use crate::config::{Config, Role};
+use crate::control;
+use crate::event_loop::{Command, EventLoop};
+use crate::home::Home;
+use crate::traffic::Classifier;
+use anyhow::{Context, Result, anyhow};
+use layerhop_store::Store;
+use std::sync::Arc;
+
+/// Run the daemon of `home` until it is told to stop.
+pub async fn run(home: &Home) -> Result<()> {
+    let cfg = Config::load(&home.config())?;
+    let key = home.load_identity()?;
+    let data = home.data();
+    let (store, report) = tokio::task::spawn_blocking(move || Store::open(&data)).await??;
+    if report.rebuilt {
+        tracing::warn!(kept = report.chunks_kept, dropped = report.chunks_dropped, "the index was rebuilt from the chunk files");
+    }
+    let store = Arc::new(store);
+    let (publisher, verify_key) = match cfg.role {
+        Role::Seed => {
+            let k = home.load_signing_key(&home.publisher_key())?;
+            let public = k.public();
+            (Some(Arc::new(k)), Some(public))
+        }
+        Role::Device => (None, cfg.publisher_key),
+    };
+    let classifier = Classifier::new(cfg.role == Role::Seed, &cfg.seed_addrs);
+    let swarm = crate::swarm::build(key, classifier.clone(), cfg.request_timeout).map_err(|e| anyhow!("building the network stack: {e}"))?;
+    let peer_id = *swarm.local_peer_id();
+    let listener = control::bind(&home.control_socket()).await?;
+    let ttl = cfg.release_ttl;
+    let role = cfg.role;
+    let (event_loop, handle) = EventLoop::new(swarm, store.clone(), cfg, classifier, home.listen_addrs());
+    let server = Arc::new(control::Server {
+        store,
+        handle: handle.clone(),
+        publisher,
+        verify_key,
+        ttl,
+        publish_lock: tokio::sync::Mutex::new(()),
+    });
+    tracing::info!(%peer_id, ?role, home = %home.root().display(), "layerhop node started");
+    let control_task = tokio::spawn(server.serve(listener));
+    let loop_task = tokio::spawn(event_loop.run());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+        _ = loop_task => tracing::info!("event loop stopped"),
+    }
+    handle.call(Command::Shutdown).await;
+    control_task.abort();
+    let _ = std::fs::remove_file(home.control_socket());
+    let _ = std::fs::remove_file(home.listen_addrs());
+    Ok(())
+}
