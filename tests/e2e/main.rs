@@ -1,1 +1,8 @@
+//! Black-box tests of the `layerhop` binary: real processes on 127.0.0.1, real files.
+//!
+//! One test binary (so the binary under test is built once); a temp dir per test; regression
+//! tests named after their issue.
 
+mod harness;
+mod issue2_foundation;
+mod issue2_trust;

@@ -1,0 +1,217 @@
+//! Running the real `layerhop` binary: homes in a temp dir, processes on 127.0.0.1, status over
+//! the CLI, polling with deadlines (never fixed sleeps).
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The binary under test, built once per test run (a no-op when it is fresh).
+pub(crate) fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "layerhop-node", "--bin", "layerhop"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build for the layerhop binary");
+        assert!(status.success(), "building the layerhop binary failed");
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        target.join("release/layerhop")
+    })
+}
+
+/// Run the CLI to completion.
+pub(crate) fn cli(args: &[&str]) -> Output {
+    Command::new(binary()).args(args).output().expect("running layerhop")
+}
+
+/// Run the CLI and require success; returns stdout.
+pub(crate) fn cli_ok(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(out.status.success(), "layerhop {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Poll `f` until it returns `Some`, or fail naming `what` after `limit`.
+pub(crate) fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One node: a home and, while running, its process.
+pub(crate) struct Node {
+    /// Its home directory.
+    pub(crate) home: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// The home as a CLI argument.
+    pub(crate) fn home_arg(&self) -> &str {
+        self.home.to_str().expect("utf-8 temp path")
+    }
+
+    /// Start `layerhop run` with its log in `HOME/node.log`.
+    pub(crate) fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.home.join("node.log")).expect("log file");
+        let child = Command::new(binary())
+            .args(["run", "--home", self.home_arg()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting layerhop run");
+        self.child = Some(child);
+        let home = self.home.clone();
+        wait_for("the node's control socket", Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(home.join("control.sock")).ok()
+        })
+        .expect("node started");
+    }
+
+    /// kill -9.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let status = c.wait().expect("wait");
+            assert!(status.success(), "node exited with {status} after SIGTERM");
+        }
+    }
+
+    /// `status --json`.
+    pub(crate) fn status(&self) -> Result<Value> {
+        let out = cli(&["status", "--home", self.home_arg(), "--json"]);
+        if !out.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).context("status is not JSON")
+    }
+
+    /// The node's log so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("node.log")).unwrap_or_default()
+    }
+
+    /// A traffic counter from status.
+    pub(crate) fn traffic(&self, key: &str) -> u64 {
+        self.status().expect("status")["traffic"][key].as_u64().expect("counter")
+    }
+
+    /// Wait until the node holds `channel` at `version`, complete.
+    pub(crate) fn wait_complete(&self, channel: &str, version: u64, limit: Duration) -> Value {
+        wait_for(&format!("{} to complete {channel} v{version}", self.home.display()), limit, || {
+            let s = self.status().ok()?;
+            let done = s["releases"].as_array()?.iter().any(|r| r["channel"] == channel && r["version"] == version && r["complete"] == true);
+            done.then_some(s)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n--- log of {}:\n{}", self.home.display(), self.log()))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A seed and devices on one site, all on 127.0.0.1.
+pub(crate) struct Cluster {
+    /// Holds every home; removed at the end.
+    pub(crate) dir: tempfile::TempDir,
+    /// The seed.
+    pub(crate) seed: Node,
+    /// The devices.
+    pub(crate) devices: Vec<Node>,
+}
+
+impl Cluster {
+    /// Initialize and start a seed and `n` devices of site `site`.
+    pub(crate) fn start(n: usize, site: &str) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("lh-").tempdir().expect("tempdir");
+        let mut seed = Node { home: dir.path().join("seed"), child: None };
+        cli_ok(&["init", "--home", seed.home_arg(), "--seed", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        seed.start();
+        let listen = seed.home.join("listen-addrs");
+        wait_for("the seed's listen address", Duration::from_secs(30), || std::fs::read_to_string(&listen).ok().filter(|s| !s.trim().is_empty()))
+            .expect("seed listens");
+        let mut c = Cluster { dir, seed, devices: Vec::new() };
+        for _ in 0..n {
+            c.add_device(site);
+        }
+        c
+    }
+
+    /// Enroll and start one more device.
+    pub(crate) fn add_device(&mut self, site: &str) -> usize {
+        let token = cli_ok(&["invite", "--home", self.seed.home_arg(), "--site", site]);
+        let i = self.devices.len();
+        let mut d = Node { home: self.dir.path().join(format!("device-{i}")), child: None };
+        cli_ok(&["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        d.start();
+        self.devices.push(d);
+        i
+    }
+
+    /// Publish and return the new version.
+    pub(crate) fn publish(&self, channel: &str, sources: &[&Path]) -> u64 {
+        let mut args = vec!["publish", "--home", self.seed.home_arg(), "--channel", channel];
+        let s: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+        args.extend(s.iter().map(String::as_str));
+        let out: Value = serde_json::from_str(&cli_ok(&args)).expect("publish prints JSON");
+        out["version"].as_u64().expect("version")
+    }
+
+    /// A scratch path inside the cluster's directory.
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// SHA-256 of a file, hex.
+pub(crate) fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    std::io::copy(&mut f, &mut h).expect("read");
+    hex::encode(h.finalize())
+}
+
+/// The members of a tar file: name → bytes (for small test archives).
+pub(crate) fn tar_members(p: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use std::io::Read;
+    let mut out = std::collections::BTreeMap::new();
+    let mut ar = tar::Archive::new(std::fs::File::open(p).expect("open tar"));
+    for e in ar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        if e.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let name = e.path().expect("path").to_string_lossy().into_owned();
+        let mut b = Vec::new();
+        e.read_to_end(&mut b).expect("read member");
+        out.insert(name, b);
+    }
+    out
+}
