@@ -42,6 +42,9 @@ pub enum Cmd {
         /// a device all interfaces on an ephemeral port.
         #[arg(long)]
         listen: Vec<String>,
+        /// Do not look for site peers by mDNS (sets `mdns = false`).
+        #[arg(long)]
+        no_mdns: bool,
     },
     /// Seed: print a join token for a new device.
     Invite {

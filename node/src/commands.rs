@@ -14,7 +14,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// `layerhop init`.
-pub fn init(home: &Home, seed: bool, join: Option<&str>, listen: &[String]) -> Result<String> {
+pub fn init(home: &Home, seed: bool, join: Option<&str>, listen: &[String], mdns: bool) -> Result<String> {
     if home.config().exists() {
         bail!("{} already exists: this home is initialized", home.config().display());
     }
@@ -34,7 +34,16 @@ pub fn init(home: &Home, seed: bool, join: Option<&str>, listen: &[String]) -> R
         let fleet = PublisherKey::generate()?;
         write_secret(&home.publisher_key(), &publisher.to_bytes())?;
         write_secret(&home.fleet_key(), &fleet.to_bytes())?;
-        config::render(&TemplateValues { role: "seed", site: "cloud", listen, seed_addrs: &[], seed_peer: "", publisher_key: &publisher.public().to_hex() })
+        config::render(&TemplateValues {
+            role: "seed",
+            site: "cloud",
+            listen,
+            seed_addrs: &[],
+            seed_peer: "",
+            publisher_key: &publisher.public().to_hex(),
+            fleet_key: &fleet.public().to_hex(),
+            mdns: false,
+        })
     } else {
         let t = token.ok_or_else(|| anyhow!("pass --seed or --join TOKEN"))?;
         let seed_peer = libp2p::PeerId::from_bytes(&t.seed_peer).context("the join token's seed peer id is invalid")?;
@@ -46,6 +55,8 @@ pub fn init(home: &Home, seed: bool, join: Option<&str>, listen: &[String]) -> R
             seed_addrs: &t.seed_addrs,
             seed_peer: &seed_peer.to_string(),
             publisher_key: &t.publisher.to_hex(),
+            fleet_key: &t.fleet.to_hex(),
+            mdns,
         })
     };
     Config::parse(&text).context("the generated config does not validate")?;

@@ -35,6 +35,26 @@ seed_peer = "{seed_peer}"
 # Device: the publisher key releases must be signed with (hex). Pinned at enrollment.
 publisher_key = "{publisher_key}"
 
+# Device: the key that signs fleet credentials (hex); site peers must present one. From the token.
+fleet_key = "{fleet_key}"
+
+# Device: find site peers by mDNS on the LAN. Default: true.
+mdns = {mdns}
+
+# Device: addresses of site peers to dial, for LANs without multicast. Default: [].
+site_peers = []
+
+# Device: share chunks with site peers (LAN first, one metered download per site). Default: true.
+site_sharing = true
+
+# Device: network interfaces whose links are metered (cellular), besides any link to the seed.
+# Default: ["wwan0", "ppp0"].
+metered_interfaces = ["wwan0", "ppp0"]
+
+# Device: seconds a site peer may stay silent (or make no progress on its seed downloads)
+# before the chunks it was to fetch are handed to another member. Default: 15.
+lease_secs = 15
+
 # Channels this device follows. Default: [] = every channel the seed publishes.
 channels = []
 
@@ -62,6 +82,18 @@ struct File {
     seed_peer: Option<String>,
     #[serde(default)]
     publisher_key: Option<String>,
+    #[serde(default)]
+    fleet_key: Option<String>,
+    #[serde(default)]
+    mdns: Option<bool>,
+    #[serde(default)]
+    site_peers: Vec<String>,
+    #[serde(default)]
+    site_sharing: Option<bool>,
+    #[serde(default)]
+    metered_interfaces: Option<Vec<String>>,
+    #[serde(default)]
+    lease_secs: Option<u64>,
     #[serde(default)]
     channels: Vec<String>,
     #[serde(default)]
@@ -97,6 +129,18 @@ pub struct Config {
     pub seed_peer: Option<PeerId>,
     /// Device: the pinned publisher key.
     pub publisher_key: Option<PublicKey>,
+    /// Device: the fleet key credentials are checked with.
+    pub fleet_key: Option<PublicKey>,
+    /// Discover site peers by mDNS.
+    pub mdns: bool,
+    /// Site peers to dial.
+    pub site_peers: Vec<Multiaddr>,
+    /// Share chunks with site peers.
+    pub site_sharing: bool,
+    /// Interfaces whose links are metered.
+    pub metered_interfaces: Vec<String>,
+    /// Lease of a silent or stalled site member.
+    pub lease: Duration,
     /// Followed channels; empty means all.
     pub channels: Vec<Channel>,
     /// Seed: validity of a published release.
@@ -152,6 +196,19 @@ impl Config {
             Some(k) => Some(parse_key(&k).context("key `publisher_key`")?),
             None => None,
         };
+        let fleet_key = match f.fleet_key.filter(|s| !s.is_empty()) {
+            Some(k) => Some(parse_key(&k).context("key `fleet_key`")?),
+            None => None,
+        };
+        let site_peers = f
+            .site_peers
+            .iter()
+            .map(|a| a.parse().with_context(|| format!("key `site_peers`: {a:?} is not a multiaddr")))
+            .collect::<Result<Vec<Multiaddr>>>()?;
+        let lease = f.lease_secs.unwrap_or(15);
+        if !(1..=3600).contains(&lease) {
+            bail!("key `lease_secs`: {lease} is not between 1 and 3600");
+        }
         let channels = f
             .channels
             .iter()
@@ -187,6 +244,12 @@ impl Config {
             seed_addrs,
             seed_peer,
             publisher_key,
+            fleet_key,
+            mdns: f.mdns.unwrap_or(true),
+            site_peers,
+            site_sharing: f.site_sharing.unwrap_or(true),
+            metered_interfaces: f.metered_interfaces.unwrap_or_else(|| vec!["wwan0".into(), "ppp0".into()]),
+            lease: Duration::from_secs(lease),
             channels,
             release_ttl: Duration::from_secs(ttl * 86_400),
             parallel_requests,
@@ -214,6 +277,10 @@ pub struct TemplateValues<'a> {
     pub seed_peer: &'a str,
     /// Publisher key, hex.
     pub publisher_key: &'a str,
+    /// Fleet key, hex.
+    pub fleet_key: &'a str,
+    /// Whether mDNS is on.
+    pub mdns: bool,
 }
 
 /// Render the config file for `layerhop init`.
@@ -226,6 +293,8 @@ pub fn render(v: &TemplateValues<'_>) -> String {
         .replace("{seed_addrs}", &list(v.seed_addrs))
         .replace("{seed_peer}", v.seed_peer)
         .replace("{publisher_key}", v.publisher_key)
+        .replace("{fleet_key}", v.fleet_key)
+        .replace("{mdns}", if v.mdns { "true" } else { "false" })
 }
 
 #[cfg(test)]
@@ -234,7 +303,7 @@ mod tests {
 
     #[test]
     fn template_parses_and_errors_name_their_key() {
-        let seed = render(&TemplateValues { role: "seed", site: "default", listen: &[], seed_addrs: &[], seed_peer: "", publisher_key: "" });
+        let seed = render(&TemplateValues { role: "seed", site: "default", listen: &[], seed_addrs: &[], seed_peer: "", publisher_key: "", fleet_key: "", mdns: true });
         let c = Config::parse(&seed).expect("seed config");
         assert_eq!(c.listen[0].to_string(), "/ip4/0.0.0.0/tcp/7410");
         let err = format!("{:#}", Config::parse("role = \"seed\"\nparallel_requests = 0").expect_err("bad"));

@@ -3,7 +3,8 @@
 
 use crate::config::{Config, Role};
 use crate::control;
-use crate::event_loop::{Command, EventLoop};
+use crate::event_loop::{Command, EventLoop, Parts};
+use layerhop_protocol::token::Credential;
 use crate::home::Home;
 use crate::traffic::Classifier;
 use anyhow::{Context, Result, anyhow};
@@ -28,13 +29,24 @@ pub async fn run(home: &Home) -> Result<()> {
         }
         Role::Device => (None, cfg.publisher_key),
     };
-    let classifier = Classifier::new(cfg.role == Role::Seed, &cfg.seed_addrs);
-    let swarm = crate::swarm::build(key, classifier.clone(), cfg.request_timeout).map_err(|e| anyhow!("building the network stack: {e}"))?;
+    let classifier = Classifier::new(cfg.role == Role::Seed, &cfg.seed_addrs, &cfg.metered_interfaces);
+    let with_mdns = cfg.role == Role::Device && cfg.mdns && cfg.site_sharing;
+    let swarm = crate::swarm::build(key, classifier.clone(), cfg.request_timeout, with_mdns).map_err(|e| anyhow!("building the network stack: {e}"))?;
+    let (credential, fleet_key) = match cfg.role {
+        Role::Seed => (None, Some(home.load_signing_key(&home.fleet_key())?.public())),
+        Role::Device => {
+            let path = home.credential();
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let c: Credential = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a credential", path.display()))?;
+            (Some(c), cfg.fleet_key)
+        }
+    };
     let peer_id = *swarm.local_peer_id();
     let listener = control::bind(&home.control_socket()).await?;
     let ttl = cfg.release_ttl;
     let role = cfg.role;
-    let (event_loop, handle) = EventLoop::new(swarm, store.clone(), cfg, classifier, home.listen_addrs());
+    let parts = Parts { store: store.clone(), cfg, classifier, listen_file: home.listen_addrs(), credential, fleet_key };
+    let (event_loop, handle) = EventLoop::new(swarm, parts);
     let server = Arc::new(control::Server {
         store,
         handle: handle.clone(),

@@ -3,17 +3,20 @@
 //!
 //! Disk work (verifying and storing received chunks, reading chunks to serve) runs on tokio's
 //! blocking pool and reports back through a second bounded channel, so the swarm is never
-//! stalled by an fsync.
+//! stalled by an fsync. Inbound requests are handled in [`crate::inbound`], fetch scheduling and
+//! site state messages in [`crate::schedule`].
 
 use crate::accept;
-use crate::codec;
 use crate::config::{Config, Role};
-use crate::fetch::Fetch;
+use crate::fetch::{Fetch, Source};
+use crate::site::Site;
 use crate::status::{PeerStatus, ReleaseStatus, Status};
 use crate::swarm::{Behaviour, BehaviourEvent};
 use crate::traffic::{Classifier, LinkClass};
 use futures::StreamExt;
-use layerhop_protocol::wire::{ChunkReply, Request, Response};
+use layerhop_protocol::release::PublicKey;
+use layerhop_protocol::token::Credential;
+use layerhop_protocol::wire::{Hello, PeerInfo, Request, Response};
 use layerhop_protocol::{ChunkId, SignedRelease};
 use layerhop_store::Store;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
@@ -52,72 +55,117 @@ impl Handle {
     }
 }
 
-enum Pending {
-    Chunks { channel: String, ids: Vec<ChunkId> },
+pub(crate) enum Pending {
+    Chunks { channel: String, ids: Vec<ChunkId>, source: Source },
+    Hello,
     Releases,
-    Announce,
+    Other,
 }
 
-enum Done {
-    Stored { channel: String, id: ChunkId, result: Result<(), String>, peer: PeerId },
+pub(crate) enum Done {
+    Stored { channel: String, id: ChunkId, result: Result<(), String>, source: Source },
     Serve { channel: ResponseChannel<Response>, response: Response },
+}
+
+/// What the seed knows of a connected device.
+pub(crate) struct Enrolled {
+    pub(crate) site: String,
+    pub(crate) addrs: Vec<String>,
+}
+
+/// Everything the loop needs besides the swarm.
+pub struct Parts {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Validated configuration.
+    pub cfg: Config,
+    /// Link accounting.
+    pub classifier: Arc<Classifier>,
+    /// Where to write the listen addresses.
+    pub listen_file: std::path::PathBuf,
+    /// Device: its fleet credential.
+    pub credential: Option<Credential>,
+    /// The key credentials are checked with (the fleet key).
+    pub fleet_key: Option<PublicKey>,
 }
 
 /// The event loop's state.
 pub struct EventLoop {
-    swarm: Swarm<Behaviour>,
-    store: Arc<Store>,
-    cfg: Config,
-    classifier: Arc<Classifier>,
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) cfg: Config,
+    pub(crate) classifier: Arc<Classifier>,
     commands: mpsc::Receiver<Command>,
-    done_tx: mpsc::Sender<Done>,
+    pub(crate) done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
-    pending: HashMap<OutboundRequestId, Pending>,
-    in_flight_to: HashMap<PeerId, usize>,
-    fetches: BTreeMap<String, Fetch>,
-    peers: HashMap<PeerId, LinkClass>,
-    listen_addrs: Vec<Multiaddr>,
+    pub(crate) pending: HashMap<OutboundRequestId, Pending>,
+    pub(crate) fetches: BTreeMap<String, Fetch>,
+    pub(crate) peers: HashMap<PeerId, LinkClass>,
+    pub(crate) site: Site,
+    pub(crate) seed_in_flight: usize,
+    pub(crate) seed_fetched: u64,
+    pub(crate) credential: Option<Credential>,
+    pub(crate) fleet_key: Option<PublicKey>,
+    pub(crate) enrolled: HashMap<PeerId, Enrolled>,
+    pub(crate) listen_addrs: Vec<Multiaddr>,
     next_dial: Instant,
     dial_backoff: Duration,
+    next_site_dial: Instant,
     listen_file: std::path::PathBuf,
+    pub(crate) last_state: Instant,
+    pub(crate) state_dirty: bool,
+    pub(crate) peer_fetched: u64,
+    /// Site peers from the config, with the peer id found at each address once connected.
+    configured_peers: HashMap<Multiaddr, Option<PeerId>>,
 }
 
 impl EventLoop {
     /// Create the loop and its handle.
-    pub fn new(
-        swarm: Swarm<Behaviour>,
-        store: Arc<Store>,
-        cfg: Config,
-        classifier: Arc<Classifier>,
-        listen_file: std::path::PathBuf,
-    ) -> (EventLoop, Handle) {
+    pub fn new(swarm: Swarm<Behaviour>, p: Parts) -> (EventLoop, Handle) {
         let (tx, commands) = mpsc::channel(64);
         let (done_tx, done_rx) = mpsc::channel(1024);
-        let me = EventLoop {
+        let me = *swarm.local_peer_id();
+        let lease = p.cfg.lease;
+        let configured = p.cfg.site_peers.iter().map(|a| (a.clone(), None)).collect();
+        let el = EventLoop {
             swarm,
-            store,
-            cfg,
-            classifier,
+            store: p.store,
+            cfg: p.cfg,
+            classifier: p.classifier,
             commands,
             done_tx,
             done_rx,
             pending: HashMap::new(),
-            in_flight_to: HashMap::new(),
             fetches: BTreeMap::new(),
             peers: HashMap::new(),
+            site: Site::new(me, lease),
+            seed_in_flight: 0,
+            seed_fetched: 0,
+            credential: p.credential,
+            fleet_key: p.fleet_key,
+            enrolled: HashMap::new(),
             listen_addrs: Vec::new(),
             next_dial: Instant::now(),
             dial_backoff: Duration::from_millis(500),
-            listen_file,
+            next_site_dial: Instant::now(),
+            listen_file: p.listen_file,
+            last_state: Instant::now(),
+            state_dirty: false,
+            peer_fetched: 0,
+            configured_peers: configured,
         };
-        (me, Handle { tx })
+        (el, Handle { tx })
     }
 
-    fn seed(&self) -> Option<PeerId> {
+    pub(crate) fn seed(&self) -> Option<PeerId> {
         self.cfg.seed_peer
     }
 
-    /// Resume fetching every recorded release that is not complete.
+    pub(crate) fn uplink(&self) -> bool {
+        self.seed().is_some_and(|s| self.swarm.is_connected(&s))
+    }
+
+    /// Resume fetching every recorded release.
     fn resume(&mut self) {
         let Some(key) = self.cfg.publisher_key else { return };
         let releases = match self.store.releases() {
@@ -145,7 +193,7 @@ impl EventLoop {
         if self.cfg.role == Role::Device {
             self.resume();
         }
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -181,10 +229,9 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::Announce(signed, reply) => {
-                let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+                let peers: Vec<PeerId> = self.enrolled.keys().copied().collect();
                 for p in &peers {
-                    let id = self.swarm.behaviour_mut().exchange.send_request(p, Request::Announce(signed.clone()));
-                    self.pending.insert(id, Pending::Announce);
+                    self.send(p, Request::Announce(signed.clone()), Pending::Other);
                 }
                 let _ = reply.send(peers.len());
             }
@@ -195,22 +242,54 @@ impl EventLoop {
         }
     }
 
+    pub(crate) fn send(&mut self, peer: &PeerId, req: Request, pending: Pending) {
+        let id = self.swarm.behaviour_mut().exchange.send_request(peer, req);
+        self.pending.insert(id, pending);
+    }
+
+    fn dial(&mut self, peer: Option<PeerId>, addrs: Vec<Multiaddr>) {
+        let opts = match peer {
+            Some(p) => libp2p::swarm::dial_opts::DialOpts::peer_id(p).addresses(addrs).build(),
+            None => match addrs.into_iter().next() {
+                Some(a) => libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(a).build(),
+                None => return,
+            },
+        };
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(error = %e, "dial not started");
+        }
+    }
+
     fn on_tick(&mut self) {
+        let now = Instant::now();
         if let (Role::Device, Some(seed)) = (self.cfg.role, self.seed())
             && !self.swarm.is_connected(&seed)
-            && Instant::now() >= self.next_dial
+            && now >= self.next_dial
+            // The seed tells site peers where this node listens: know it before saying hello.
+            && !self.listen_addrs.is_empty()
         {
-            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(seed).addresses(self.cfg.seed_addrs.clone()).build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(error = %e, "dial to seed not started");
-            }
-            self.next_dial = Instant::now() + self.dial_backoff;
+            self.dial(Some(seed), self.cfg.seed_addrs.clone());
+            self.next_dial = now + self.dial_backoff;
             self.dial_backoff = (self.dial_backoff * 2).min(Duration::from_secs(30));
         }
+        if self.cfg.role == Role::Device && now >= self.next_site_dial {
+            self.next_site_dial = now + Duration::from_secs(5);
+            let to_dial: Vec<Multiaddr> = self
+                .configured_peers
+                .iter()
+                .filter(|(_, p)| p.is_none_or(|p| !self.swarm.is_connected(&p)))
+                .map(|(a, _)| a.clone())
+                .collect();
+            for a in to_dial {
+                self.dial(None, vec![a]);
+            }
+        }
+        self.site.expire();
         let idle: Vec<String> = self.fetches.iter().filter(|(_, f)| !f.complete && f.round_done()).map(|(c, _)| c.clone()).collect();
         for channel in idle {
             self.next_round(&channel);
         }
+        self.send_state();
         self.pump();
     }
 
@@ -222,29 +301,60 @@ impl EventLoop {
                 let text: String = self.listen_addrs.iter().map(|a| format!("{a}\n")).collect();
                 let _ = std::fs::write(&self.listen_file, text);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                 let class = self.classifier.class_of(&endpoint);
                 tracing::info!(peer = %peer_id, link = ?class, "connected");
-                self.peers.insert(peer_id, class);
-                if Some(peer_id) == self.seed() {
-                    self.dial_backoff = Duration::from_millis(500);
-                    let id = self.swarm.behaviour_mut().exchange.send_request(&peer_id, Request::Releases);
-                    self.pending.insert(id, Pending::Releases);
+                if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint
+                    && let Some(slot) = self.configured_peers.get_mut(address)
+                {
+                    *slot = Some(peer_id);
                 }
-                self.pump();
+                self.peers.insert(peer_id, class);
+                if num_established.get() == 1 && self.cfg.role == Role::Device {
+                    let hello = Hello { credential: self.credential.clone(), listen_addrs: self.advertised_addrs() };
+                    self.send(&peer_id, Request::Hello(hello), Pending::Hello);
+                    if Some(peer_id) == self.seed() {
+                        self.dial_backoff = Duration::from_millis(500);
+                        self.state_dirty = true;
+                    }
+                }
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
                     self.peers.remove(&peer_id);
+                    self.site.leave(&peer_id);
+                    self.enrolled.remove(&peer_id);
+                    if Some(peer_id) == self.seed() {
+                        self.state_dirty = true;
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::warn!(peer = ?peer_id, error = %error, "connection failed");
+                tracing::debug!(peer = ?peer_id, error = %error, "connection failed");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Exchange(e)) => self.on_exchange(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (p, a) in found {
+                    by_peer.entry(p).or_default().push(a);
+                }
+                for (p, addrs) in by_peer {
+                    if !self.swarm.is_connected(&p) && Some(p) != self.seed() {
+                        tracing::info!(peer = %p, "found by mDNS");
+                        self.dial(Some(p), addrs);
+                    }
+                }
+            }
             _ => {}
         }
+    }
+
+    /// Listen addresses worth telling others: the non-loopback ones if there are any.
+    pub(crate) fn advertised_addrs(&self) -> Vec<String> {
+        let is_loopback = |a: &Multiaddr| crate::traffic::socket_addr(a).is_some_and(|s| s.ip().is_loopback());
+        let outside: Vec<String> = self.listen_addrs.iter().filter(|a| !is_loopback(a)).map(|a| a.to_string()).collect();
+        if outside.is_empty() { self.listen_addrs.iter().map(|a| a.to_string()).collect() } else { outside }
     }
 
     fn on_exchange(&mut self, e: request_response::Event<Request, Response>) {
@@ -254,11 +364,13 @@ impl EventLoop {
                 request_response::Message::Response { request_id, response } => self.on_response(peer, request_id, response),
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                tracing::warn!(%peer, %error, "request failed");
-                if let Some(Pending::Chunks { channel, ids }) = self.pending.remove(&request_id) {
-                    self.request_done(&peer);
+                tracing::debug!(%peer, %error, "request failed");
+                if let Some(Pending::Chunks { channel, ids, source }) = self.pending.remove(&request_id) {
+                    self.request_done(source);
                     if let Some(f) = self.fetches.get_mut(&channel) {
-                        f.failed(&ids);
+                        for id in &ids {
+                            f.retry(id, None);
+                        }
                     }
                 }
             }
@@ -269,43 +381,14 @@ impl EventLoop {
         }
     }
 
-    fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
-        match request {
-            Request::Releases => {
-                let releases = self.store.releases().unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "cannot list releases");
-                    Vec::new()
-                });
-                let _ = self.swarm.behaviour_mut().exchange.send_response(channel, Response::Releases(releases));
+    pub(crate) fn request_done(&mut self, source: Source) {
+        match source {
+            Source::Seed => self.seed_in_flight = self.seed_in_flight.saturating_sub(1),
+            Source::Peer(p) => {
+                if let Some(m) = self.site.member_mut(&p) {
+                    m.in_flight = m.in_flight.saturating_sub(1);
+                }
             }
-            Request::Announce(signed) => {
-                let _ = self.swarm.behaviour_mut().exchange.send_response(channel, Response::Ack);
-                let _ = self.consider(signed, Some(peer));
-            }
-            Request::Chunks(ids) => {
-                let store = self.store.clone();
-                let done = self.done_tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    let replies = ids
-                        .iter()
-                        .map(|id| match store.get(id) {
-                            Ok(Some(bytes)) => codec::compress(bytes),
-                            Ok(None) => ChunkReply::Missing,
-                            Err(e) => {
-                                tracing::error!(chunk = %id, error = %e, "cannot read chunk to serve");
-                                ChunkReply::Missing
-                            }
-                        })
-                        .collect();
-                    let _ = done.blocking_send(Done::Serve { channel, response: Response::Chunks(replies) });
-                });
-            }
-        }
-    }
-
-    fn request_done(&mut self, peer: &PeerId) {
-        if let Some(n) = self.in_flight_to.get_mut(peer) {
-            *n = n.saturating_sub(1);
         }
     }
 
@@ -316,46 +399,44 @@ impl EventLoop {
                     let _ = self.consider(signed, Some(peer));
                 }
             }
-            (Some(Pending::Chunks { channel, ids }), Response::Chunks(replies)) => {
-                self.request_done(&peer);
-                if replies.len() != ids.len() {
-                    tracing::warn!(%peer, asked = ids.len(), got = replies.len(), "chunk reply count does not match the request");
-                    if let Some(f) = self.fetches.get_mut(&channel) {
-                        f.failed(&ids);
-                    }
-                    return;
-                }
-                for (id, reply) in ids.into_iter().zip(replies) {
-                    match codec::decompress(reply) {
-                        None => {
-                            if let Some(f) = self.fetches.get_mut(&channel) {
-                                f.unavailable(id);
-                            }
-                        }
-                        Some(bytes) => {
-                            let store = self.store.clone();
-                            let done = self.done_tx.clone();
-                            let channel = channel.clone();
-                            tokio::task::spawn_blocking(move || {
-                                let result = bytes
-                                    .map_err(|e| format!("undecodable compressed chunk: {e}"))
-                                    .and_then(|b| store.put(&id, &b).map_err(|e| e.to_string()));
-                                let _ = done.blocking_send(Done::Stored { channel, id, result, peer });
-                            });
-                        }
-                    }
-                }
+            (Some(Pending::Hello), Response::Peers(list)) if Some(peer) == self.seed() => {
+                self.on_peers(list);
+                self.send(&peer, Request::Releases, Pending::Releases);
             }
-            (Some(Pending::Chunks { channel, ids }), other) => {
-                self.request_done(&peer);
+            (Some(Pending::Hello), Response::Refused(why)) => {
+                tracing::warn!(%peer, reason = %why, "peer refused this node");
+            }
+            (Some(Pending::Chunks { channel, ids, source }), Response::Chunks(replies)) => {
+                self.request_done(source);
+                self.on_chunks(channel, ids, replies, source);
+            }
+            (Some(Pending::Chunks { channel, ids, source }), other) => {
+                self.request_done(source);
                 tracing::warn!(%peer, response = ?other, "unexpected answer to a chunk request");
                 if let Some(f) = self.fetches.get_mut(&channel) {
-                    f.failed(&ids);
+                    for id in &ids {
+                        f.retry(id, Some(source));
+                    }
                 }
             }
-            (Some(Pending::Announce), _) | (Some(Pending::Releases), _) | (None, _) => {}
+            _ => {}
         }
         self.pump();
+    }
+
+    /// Dial site members the seed told us about.
+    pub(crate) fn on_peers(&mut self, list: Vec<PeerInfo>) {
+        let me = *self.swarm.local_peer_id();
+        for info in list {
+            let Ok(p) = PeerId::from_bytes(&info.peer) else { continue };
+            if p == me || self.swarm.is_connected(&p) {
+                continue;
+            }
+            let addrs: Vec<Multiaddr> = info.listen_addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            if !addrs.is_empty() {
+                self.dial(Some(p), addrs);
+            }
+        }
     }
 
     fn on_done(&mut self, done: Done) {
@@ -363,16 +444,25 @@ impl EventLoop {
             Done::Serve { channel, response } => {
                 let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
             }
-            Done::Stored { channel, id, result, peer } => {
+            Done::Stored { channel, id, result, source } => {
                 let ok = match result {
                     Ok(()) => true,
                     Err(reason) => {
-                        tracing::warn!(%peer, chunk = %id, %reason, "peer sent a bad chunk; discarded");
+                        tracing::warn!(source = ?source, chunk = %id, %reason, "received a bad chunk; discarded");
                         false
                     }
                 };
                 if let Some(f) = self.fetches.get_mut(&channel) {
-                    f.landed(id, ok);
+                    if ok {
+                        f.landed(id);
+                        self.state_dirty = true;
+                        match source {
+                            Source::Seed => self.seed_fetched += 1,
+                            Source::Peer(_) => self.peer_fetched += 1,
+                        }
+                    } else {
+                        f.retry(&id, Some(source));
+                    }
                     if f.round_done() {
                         self.next_round(&channel);
                     }
@@ -383,7 +473,7 @@ impl EventLoop {
     }
 
     /// Decide on a release heard from `from` (None: offered locally). Returns a description.
-    fn consider(&mut self, signed: SignedRelease, from: Option<PeerId>) -> Result<String, String> {
+    pub(crate) fn consider(&mut self, signed: SignedRelease, from: Option<PeerId>) -> Result<String, String> {
         let Some(key) = self.cfg.publisher_key else {
             return Err("this node has no pinned publisher key".into());
         };
@@ -422,11 +512,13 @@ impl EventLoop {
         let channel = body.channel.as_str().to_owned();
         self.fetches.insert(channel.clone(), Fetch::new(signed, body));
         self.next_round(&channel);
+        self.state_dirty = true;
+        self.site.epoch += 1;
         self.pump();
     }
 
-    /// Walk the release's trees again and queue what is now known to be missing.
-    fn next_round(&mut self, channel: &str) {
+    /// Walk the release's trees again and want what is now known to be missing.
+    pub(crate) fn next_round(&mut self, channel: &str) {
         let Some(f) = self.fetches.get_mut(channel) else { return };
         match layerhop_store::blob::progress(&self.store, &f.blobs) {
             Ok(p) => {
@@ -434,6 +526,7 @@ impl EventLoop {
                 f.refill(p);
                 if f.complete && !was_complete {
                     tracing::info!(channel, version = f.body.version, bytes = f.progress.total, secs = f.started.elapsed().as_secs_f64(), "release complete");
+                    self.state_dirty = true;
                 }
                 f.stalled = None;
             }
@@ -444,46 +537,22 @@ impl EventLoop {
         }
     }
 
-    /// Send chunk requests while there is room.
-    fn pump(&mut self) {
-        let Some(seed) = self.seed() else { return };
-        if !self.swarm.is_connected(&seed) {
-            return;
-        }
-        let limit = self.cfg.parallel_requests;
-        let channels: Vec<String> = self.fetches.keys().cloned().collect();
-        for channel in channels {
-            loop {
-                if self.in_flight_to.get(&seed).copied().unwrap_or(0) >= limit {
-                    return;
-                }
-                let Some(f) = self.fetches.get_mut(&channel) else { break };
-                if f.stalled.is_some() {
-                    break;
-                }
-                let Some(ids) = f.next_batch() else { break };
-                let id = self.swarm.behaviour_mut().exchange.send_request(&seed, Request::Chunks(ids.clone()));
-                self.pending.insert(id, Pending::Chunks { channel: channel.clone(), ids });
-                *self.in_flight_to.entry(seed).or_default() += 1;
-            }
-        }
-    }
-
     fn status(&mut self) -> Status {
         let mut releases = Vec::new();
         let mut seen = HashSet::new();
         for (channel, f) in &self.fetches {
             seen.insert(channel.clone());
+            let have = if f.complete { f.progress.total } else { f.progress.have };
             releases.push(ReleaseStatus {
                 channel: channel.clone(),
                 version: f.body.version,
                 complete: f.complete,
                 bytes_total: f.progress.total,
-                bytes_have: f.progress.have,
+                bytes_have: have,
                 artifacts: f.body.artifacts.len(),
                 images: f.body.images.len(),
                 expires_at: f.body.expires_at,
-                chunks_missing: f.progress.missing.len(),
+                chunks_missing: f.wants.len(),
                 stalled: f.stalled.clone(),
             });
         }
@@ -524,10 +593,13 @@ impl EventLoop {
                         LinkClass::Lan => "lan".into(),
                     },
                     seed: Some(*p) == self.seed(),
+                    site_member: self.site.is_member(p),
                 })
                 .collect(),
             releases,
             traffic: self.classifier.counters.totals(),
+            chunks_from_seed: self.seed_fetched,
+            chunks_from_peers: self.peer_fetched,
         }
     }
 }

@@ -1,15 +1,38 @@
-//! The fetch state of one release on a device: what to ask for next and what is in flight.
+//! The fetch state of one release on a device: which chunks are wanted and where each request is.
 //!
 //! A release's chunks are discovered level by level: the release names tree roots; an interior
-//! node, once held, names its children. So the fetch works in rounds: take every chunk known to
-//! be missing, fetch them all (many requests in flight), then walk the trees again, which now
-//! reach one level deeper. Tree heights are 1–3 in practice, so a release takes a few rounds.
-//! Requests that fail put their chunks back in the queue; chunks the source lacks are retried
-//! on the next round tick.
+//! node, once held, names its children. So the fetch works in rounds: every chunk known to be
+//! missing is wanted; when no want is left in flight, the trees are walked again and reach one
+//! level deeper. Tree heights are 1–3 in practice, so a release takes a few rounds. Where each
+//! want comes from (a site peer, the seed, or nobody yet) is decided by the event loop with the
+//! [`crate::site::Site`]; this module only keeps the books.
 
-use layerhop_protocol::{BlobRef, ChunkId, ReleaseBody, SignedRelease, limits};
-use std::collections::{HashSet, VecDeque};
+use layerhop_protocol::{BlobRef, ChunkId, ReleaseBody, SignedRelease};
+use libp2p::PeerId;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
+
+/// Where a wanted chunk was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A site peer, over the LAN.
+    Peer(PeerId),
+    /// The seed, over the metered link.
+    Seed,
+}
+
+/// One wanted chunk.
+#[derive(Debug, Default)]
+pub struct Want {
+    /// Where it is being fetched from now.
+    pub in_flight: Option<Source>,
+    /// Peers that answered they do not hold it.
+    pub tried: HashSet<PeerId>,
+    /// When the seed last answered that it does not hold it.
+    pub seed_lacked: Option<Instant>,
+    /// Cached fetcher decision, with the site epoch and grace flag it was made under.
+    pub fetcher: Option<(u64, bool, crate::site::Fetcher)>,
+}
 
 /// One release being fetched.
 #[derive(Debug)]
@@ -20,18 +43,22 @@ pub struct Fetch {
     pub body: ReleaseBody,
     /// Every blob of every artifact.
     pub blobs: Vec<BlobRef>,
-    queue: VecDeque<ChunkId>,
-    in_flight: HashSet<ChunkId>,
+    /// Wanted chunks in tree order, with their state.
+    pub order: Vec<ChunkId>,
+    /// State of each wanted chunk.
+    pub wants: HashMap<ChunkId, Want>,
     /// Last walk's figures.
     pub progress: layerhop_store::blob::Progress,
     /// Whether every chunk is present.
     pub complete: bool,
-    /// Chunks the source answered as missing in this round.
-    pub unavailable: HashSet<ChunkId>,
     /// When the fetch started.
     pub started: Instant,
     /// Why the fetch is stuck, if it is.
     pub stalled: Option<String>,
+    /// Chunks that landed since the last state message to site peers.
+    pub landed_recently: Vec<ChunkId>,
+    /// Chunks that landed since the last tree walk.
+    pub landed_since_walk: Vec<ChunkId>,
 }
 
 impl Fetch {
@@ -42,65 +69,86 @@ impl Fetch {
             signed,
             body,
             blobs,
-            queue: VecDeque::new(),
-            in_flight: HashSet::new(),
+            order: Vec::new(),
+            wants: HashMap::new(),
             progress: Default::default(),
             complete: false,
-            unavailable: HashSet::new(),
             started: Instant::now(),
             stalled: None,
+            landed_recently: Vec::new(),
+            landed_since_walk: Vec::new(),
         }
     }
 
-    /// Take the result of a tree walk: queue every missing chunk not already in flight.
+    /// The release's key as site peers name it.
+    pub fn key(&self) -> (String, u64) {
+        (self.body.channel.as_str().to_owned(), self.body.version)
+    }
+
+    /// Take the result of a tree walk: every missing chunk is wanted (keeping the state of
+    /// those already wanted).
     pub fn refill(&mut self, p: layerhop_store::blob::Progress) {
         self.complete = p.complete();
-        self.queue = p.missing.iter().filter(|id| !self.in_flight.contains(id)).copied().collect();
-        self.unavailable.clear();
+        let mut wants = HashMap::new();
+        for id in &p.missing {
+            let w = self.wants.remove(id).unwrap_or_default();
+            wants.insert(*id, w);
+        }
+        self.wants = wants;
+        self.order = p.missing.clone();
+        self.landed_since_walk.clear();
         self.progress = p;
     }
 
-    /// Whether the round is over: nothing queued, nothing in flight.
+    /// Whether the round is over: nothing wanted is in flight and nothing lands any more.
     pub fn round_done(&self) -> bool {
-        self.queue.is_empty() && self.in_flight.is_empty()
+        self.wants.values().all(|w| w.in_flight.is_none())
     }
 
-    /// The next batch to request.
-    pub fn next_batch(&mut self) -> Option<Vec<ChunkId>> {
-        let mut ids = Vec::new();
-        while ids.len() < limits::MAX_IDS_PER_REQUEST {
-            let Some(id) = self.queue.pop_front() else { break };
-            if self.in_flight.insert(id) {
-                ids.push(id);
-            }
-        }
-        (!ids.is_empty()).then_some(ids)
+    /// Wanted chunks not in flight, in tree order.
+    pub fn idle_wants(&self) -> impl Iterator<Item = &ChunkId> {
+        self.order.iter().filter(|id| self.wants.get(id).is_some_and(|w| w.in_flight.is_none()))
     }
 
-    /// A chunk landed (or was found damaged, `ok == false`, and goes back in the queue).
-    pub fn landed(&mut self, id: ChunkId, ok: bool) {
-        if self.in_flight.remove(&id) && !ok {
-            self.queue.push_back(id);
-        }
-    }
-
-    /// The source does not hold `id` now.
-    pub fn unavailable(&mut self, id: ChunkId) {
-        self.in_flight.remove(&id);
-        self.unavailable.insert(id);
-    }
-
-    /// A request failed: its chunks go back in the queue.
-    pub fn failed(&mut self, ids: &[ChunkId]) {
+    /// Mark `ids` as requested from `source`.
+    pub fn requested(&mut self, ids: &[ChunkId], source: Source) {
         for id in ids {
-            if self.in_flight.remove(id) {
-                self.queue.push_back(*id);
+            if let Some(w) = self.wants.get_mut(id) {
+                w.in_flight = Some(source);
             }
         }
     }
 
-    /// Chunks in flight.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+    /// A chunk landed and is stored.
+    pub fn landed(&mut self, id: ChunkId) {
+        if self.wants.remove(&id).is_some() {
+            self.landed_recently.push(id);
+            self.landed_since_walk.push(id);
+        }
+    }
+
+    /// A chunk did not arrive (request failed, bad bytes, or the source lacks it): want it
+    /// again, not from a peer that lacked it nor, for a while, from a seed that lacked it.
+    pub fn retry(&mut self, id: &ChunkId, lacked_by: Option<Source>) {
+        if let Some(w) = self.wants.get_mut(id) {
+            w.in_flight = None;
+            match lacked_by {
+                Some(Source::Peer(p)) => {
+                    w.tried.insert(p);
+                }
+                Some(Source::Seed) => w.seed_lacked = Some(Instant::now()),
+                None => {}
+            }
+        }
+    }
+
+    /// Every chunk held now (from the last walk and since).
+    pub fn held(&self) -> impl Iterator<Item = &ChunkId> {
+        self.progress.held.iter().chain(&self.landed_since_walk)
+    }
+
+    /// Chunks this node is fetching from the seed now.
+    pub fn seed_claims(&self) -> impl Iterator<Item = &ChunkId> {
+        self.wants.iter().filter(|(_, w)| w.in_flight == Some(Source::Seed)).map(|(id, _)| id)
     }
 }

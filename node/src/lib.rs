@@ -23,7 +23,10 @@ pub mod demo;
 pub mod event_loop;
 pub mod fetch;
 pub mod home;
+mod inbound;
 pub mod sample;
+mod schedule;
+pub mod site;
 pub mod status;
 // The NetworkBehaviour derive generates an undocumented event enum in this module.
 #[allow(missing_docs)]

@@ -24,7 +24,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {
-        Cmd::Init { home, seed, join, listen } => println!("{}", commands::init(&Home::new(home.home), seed, join.as_deref(), &listen)?),
+        Cmd::Init { home, seed, join, listen, no_mdns } => {
+            println!("{}", commands::init(&Home::new(home.home), seed, join.as_deref(), &listen, !no_mdns)?)
+        }
         Cmd::Invite { home, site, addr } => println!("{}", commands::invite(&Home::new(home.home), &site, &addr)?),
         Cmd::Run { home } => tokio::runtime::Runtime::new()?.block_on(daemon::run(&Home::new(home.home)))?,
         Cmd::Publish { home, channel, version, ttl_secs, sources } => {

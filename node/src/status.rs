@@ -21,6 +21,12 @@ pub struct Status {
     pub releases: Vec<ReleaseStatus>,
     /// Bytes moved, by link class.
     pub traffic: Totals,
+    /// Chunks this node fetched from the seed since it started.
+    #[serde(default)]
+    pub chunks_from_seed: u64,
+    /// Chunks this node fetched from site peers since it started.
+    #[serde(default)]
+    pub chunks_from_peers: u64,
 }
 
 /// One connected peer.
@@ -32,6 +38,9 @@ pub struct PeerStatus {
     pub link: String,
     /// Whether it is the seed.
     pub seed: bool,
+    /// Whether it is an enrolled member of this node's site.
+    #[serde(default)]
+    pub site_member: bool,
 }
 
 /// One release's progress.

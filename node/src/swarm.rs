@@ -9,17 +9,20 @@ use crate::traffic::{Classifier, Counted};
 use libp2p::core::upgrade::Version;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::mdns;
 use libp2p::{StreamProtocol, Swarm, Transport, identity, noise, tcp, yamux};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The node's behaviour: one request-response protocol for releases and chunks.
-/// (The derive generates `BehaviourEvent`, whose variants mirror these fields.)
+/// The node's behaviour: one request-response protocol for releases, chunks and site state,
+/// and mDNS to find site peers. (The derive generates `BehaviourEvent`.)
 #[derive(NetworkBehaviour)]
-#[allow(missing_docs)]
 pub struct Behaviour {
-    /// Releases, announcements and chunks.
+    /// Releases, announcements, chunks and site state.
     pub exchange: request_response::Behaviour<Codec>,
+    /// Site peer discovery on the LAN (off on seeds and when the config says so).
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 /// Build a swarm for `key`, counting traffic with `classifier`.
@@ -27,6 +30,7 @@ pub fn build(
     key: identity::Keypair,
     classifier: Arc<Classifier>,
     request_timeout: Duration,
+    with_mdns: bool,
 ) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -34,8 +38,8 @@ pub fn build(
             let noise = noise::Config::new(key)?;
             let c = classifier.clone();
             Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .map(move |stream, endpoint| {
-                    let class = c.class_of(&endpoint);
+                .map(move |stream: tcp::tokio::TcpStream, endpoint| {
+                    let class = c.decide(&endpoint, stream.0.local_addr().ok());
                     Counted::new(stream, class, c.clone())
                 })
                 .upgrade(Version::V1)
@@ -43,7 +47,7 @@ pub fn build(
                 .multiplex(yamux::Config::default())
                 .timeout(Duration::from_secs(20)))
         })?
-        .with_behaviour(|_| Behaviour {
+        .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> { Ok(Behaviour {
             exchange: request_response::Behaviour::with_codec(
                 Codec,
                 [(StreamProtocol::new(layerhop_protocol::wire::PROTOCOL), ProtocolSupport::Full)],
@@ -51,7 +55,13 @@ pub fn build(
                     .with_request_timeout(request_timeout)
                     .with_max_concurrent_streams(256),
             ),
-        })?
+            mdns: Toggle::from(if with_mdns {
+                let cfg = mdns::Config { query_interval: Duration::from_secs(30), ..Default::default() };
+                Some(mdns::tokio::Behaviour::new(cfg, key.public().to_peer_id())?)
+            } else {
+                None
+            }),
+        }) })?
         // Devices keep their link to the seed open to hear of releases as they are published.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
         .build();

@@ -2,9 +2,10 @@
 //!
 //! The counters sit under noise and yamux, so they include handshakes, framing, encryption
 //! overhead and control messages — what the link really carries (TCP/IP headers aside). Each
-//! connection is classed when it is opened, from its remote address: on a seed every link is
-//! metered (the seed is in the cloud); on a device, a link to one of the seed's addresses is
-//! metered and everything else is LAN.
+//! connection is classed when it is opened: on a seed every link is metered (the seed is in
+//! the cloud); on a device, a link is metered when it goes to one of the seed's addresses or
+//! when its local address belongs to an interface the config names as metered (`wwan0`,
+//! `ppp0`), and LAN otherwise.
 
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::Multiaddr;
@@ -76,6 +77,10 @@ impl Counters {
 pub struct Classifier {
     all_metered: bool,
     seed_addrs: Vec<SocketAddr>,
+    metered_interfaces: Vec<String>,
+    /// Class decided for each remote socket address at connection time, so the swarm's
+    /// connection events agree with the byte counters.
+    decided: std::sync::Mutex<std::collections::HashMap<SocketAddr, LinkClass>>,
     /// The counters every connection adds to.
     pub counters: Counters,
 }
@@ -95,28 +100,63 @@ pub fn socket_addr(a: &Multiaddr) -> Option<SocketAddr> {
 }
 
 impl Classifier {
-    /// A seed classes every link as metered; a device classes links to `seed_addrs` as metered.
-    pub fn new(all_metered: bool, seed_addrs: &[Multiaddr]) -> Arc<Self> {
+    /// A seed classes every link as metered; a device classes links to `seed_addrs` and links
+    /// leaving through `metered_interfaces` as metered.
+    pub fn new(all_metered: bool, seed_addrs: &[Multiaddr], metered_interfaces: &[String]) -> Arc<Self> {
         Arc::new(Classifier {
             all_metered,
             seed_addrs: seed_addrs.iter().filter_map(socket_addr).collect(),
+            metered_interfaces: metered_interfaces.to_vec(),
+            decided: Default::default(),
             counters: Counters::default(),
         })
     }
 
-    /// The class of a connection to or from `endpoint`.
-    pub fn class_of(&self, endpoint: &ConnectedPoint) -> LinkClass {
-        if self.all_metered {
-            return LinkClass::Metered;
+    fn on_metered_interface(&self, local: IpAddr) -> bool {
+        if self.metered_interfaces.is_empty() {
+            return false;
         }
-        let remote = match endpoint {
+        if_addrs::get_if_addrs()
+            .map(|ifs| ifs.iter().any(|i| i.ip() == local && self.metered_interfaces.iter().any(|m| *m == i.name)))
+            .unwrap_or(false)
+    }
+
+    fn remote_of(endpoint: &ConnectedPoint) -> Option<SocketAddr> {
+        socket_addr(match endpoint {
             ConnectedPoint::Dialer { address, .. } => address,
             ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+        })
+    }
+
+    /// Decide the class of a new TCP connection from its endpoint and local address.
+    pub fn decide(&self, endpoint: &ConnectedPoint, local: Option<SocketAddr>) -> LinkClass {
+        let remote = Self::remote_of(endpoint);
+        let class = if self.all_metered
+            || remote.is_some_and(|r| self.seed_addrs.contains(&r))
+            || local.is_some_and(|l| self.on_metered_interface(l.ip()))
+        {
+            LinkClass::Metered
+        } else {
+            LinkClass::Lan
         };
-        match socket_addr(remote) {
-            Some(sa) if self.seed_addrs.contains(&sa) => LinkClass::Metered,
-            _ => LinkClass::Lan,
+        if let (Some(r), Ok(mut d)) = (remote, self.decided.lock()) {
+            if d.len() > 4096 {
+                d.clear();
+            }
+            d.insert(r, class);
         }
+        class
+    }
+
+    /// The class decided for a connection to or from `endpoint`.
+    pub fn class_of(&self, endpoint: &ConnectedPoint) -> LinkClass {
+        let remote = Self::remote_of(endpoint);
+        if let (Some(r), Ok(d)) = (remote, self.decided.lock())
+            && let Some(c) = d.get(&r)
+        {
+            return *c;
+        }
+        if self.all_metered || remote.is_some_and(|r| self.seed_addrs.contains(&r)) { LinkClass::Metered } else { LinkClass::Lan }
     }
 }
 

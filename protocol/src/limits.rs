@@ -29,3 +29,7 @@ pub const MAX_RELEASES_LISTED: usize = 256;
 pub const MAX_TOKEN: usize = 8 * 1024;
 /// Tree height: 8 levels of at least two-way fan-out is far beyond any real artifact.
 pub const MAX_TREE_HEIGHT: u8 = 8;
+/// Peers in one peer list.
+pub const MAX_PEERS_LISTED: usize = 1024;
+/// Short ids in one have-map message (64 KiB of ids).
+pub const MAX_HAVE_IDS: usize = 8192;

@@ -5,6 +5,7 @@
 //! Messages are postcard (varint lengths, raw byte strings); the node's stream codec frames them
 //! with a length prefix checked against [`limits`] before anything is read.
 
+use crate::token::Credential;
 use crate::{ChunkId, Error, SignedRelease, limits};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,73 @@ pub enum Request {
     Chunks(Vec<ChunkId>),
     /// A new release the sender wants the receiver to know about.
     Announce(SignedRelease),
+    /// First message on a new connection: who the sender is and where it listens.
+    Hello(Hello),
+    /// Seed to device: members of the device's site it may not know yet.
+    Peers(Vec<PeerInfo>),
+    /// Site peer to site peer: what the sender holds and is fetching (sent on change and as a
+    /// heartbeat; a peer not heard from within its lease is treated as gone).
+    State(State),
+}
+
+/// A node introducing itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Its enrollment, signed by the fleet key (the seed sends none).
+    pub credential: Option<Credential>,
+    /// Multiaddrs it listens on.
+    pub listen_addrs: Vec<String>,
+}
+
+/// A site member as the seed knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// libp2p peer id bytes.
+    #[serde(with = "serde_bytes")]
+    pub peer: Vec<u8>,
+    /// Its listen addresses.
+    pub listen_addrs: Vec<String>,
+}
+
+/// The first 8 bytes of a chunk id: enough to say which chunks one holds among a release's
+/// thousands (a collision only costs one wasted request, answered `Missing`).
+pub type ShortId = [u8; 8];
+
+/// The short form of `id`.
+pub fn short_id(id: &ChunkId) -> ShortId {
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&id.as_bytes()[..8]);
+    s
+}
+
+/// A site member's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Whether it can reach the seed now.
+    pub uplink: bool,
+    /// Chunks it has fetched from the seed so far (its progress, for liveness).
+    pub seed_fetched: u64,
+    /// Chunks it is waiting for from the seed.
+    pub seed_pending: u32,
+    /// Per release it follows.
+    pub releases: Vec<HaveMap>,
+}
+
+/// What a member holds of one release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveMap {
+    /// The release's channel.
+    pub channel: crate::Channel,
+    /// Its version.
+    pub version: u64,
+    /// It holds every chunk (then `ids` is empty).
+    pub complete: bool,
+    /// `ids` is the full set held (true) or only those that landed since the last message.
+    pub full: bool,
+    /// Chunks held.
+    pub ids: Vec<ShortId>,
+    /// Chunks it is fetching from the seed now (replaces the previous set).
+    pub claims: Vec<ShortId>,
 }
 
 /// The answer to a [`Request`].
@@ -29,8 +97,10 @@ pub enum Response {
     Releases(Vec<SignedRelease>),
     /// Answer to [`Request::Chunks`]: one reply per id asked, in order.
     Chunks(Vec<ChunkReply>),
-    /// The announce was received.
+    /// The message was received.
     Ack,
+    /// Seed's answer to a device's [`Request::Hello`]: the other members of its site.
+    Peers(Vec<PeerInfo>),
     /// The request was refused; the text says why.
     Refused(String),
 }
@@ -54,6 +124,14 @@ impl std::fmt::Debug for ChunkReply {
             ChunkReply::Missing => f.write_str("Missing"),
         }
     }
+}
+
+fn check_addrs(a: &[String]) -> Result<(), Error> {
+    Error::check_len("address list", a.len(), 32)?;
+    for x in a {
+        Error::check_len("address", x.len(), 256)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn from_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str) -> Result<T, Error> {
@@ -80,8 +158,24 @@ impl Request {
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
         Error::check_len("request", bytes.len(), limits::MAX_REQUEST)?;
         let r: Request = from_exact(bytes, "request")?;
-        if let Request::Chunks(ids) = &r {
-            Error::check_len("chunk id list", ids.len(), limits::MAX_IDS_PER_REQUEST)?;
+        match &r {
+            Request::Chunks(ids) => Error::check_len("chunk id list", ids.len(), limits::MAX_IDS_PER_REQUEST)?,
+            Request::Hello(h) => check_addrs(&h.listen_addrs)?,
+            Request::Peers(p) => {
+                Error::check_len("peer list", p.len(), limits::MAX_PEERS_LISTED)?;
+                for i in p {
+                    Error::check_len("peer id", i.peer.len(), 64)?;
+                    check_addrs(&i.listen_addrs)?;
+                }
+            }
+            Request::State(s) => {
+                Error::check_len("release list", s.releases.len(), limits::MAX_RELEASES_LISTED)?;
+                for h in &s.releases {
+                    Error::check_len("have-map", h.ids.len(), limits::MAX_HAVE_IDS)?;
+                    Error::check_len("claim list", h.claims.len(), limits::MAX_HAVE_IDS)?;
+                }
+            }
+            Request::Releases | Request::Announce(_) => {}
         }
         Ok(r)
     }
@@ -103,6 +197,13 @@ impl Response {
             Response::Chunks(c) => Error::check_len("chunk reply list", c.len(), limits::MAX_IDS_PER_REQUEST)?,
             Response::Releases(r) => Error::check_len("release list", r.len(), limits::MAX_RELEASES_LISTED)?,
             Response::Refused(s) => Error::check_len("refusal text", s.len(), 1024)?,
+            Response::Peers(p) => {
+                Error::check_len("peer list", p.len(), limits::MAX_PEERS_LISTED)?;
+                for i in p {
+                    Error::check_len("peer id", i.peer.len(), 64)?;
+                    check_addrs(&i.listen_addrs)?;
+                }
+            }
             Response::Ack => {}
         }
         Ok(r)

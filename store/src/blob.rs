@@ -179,6 +179,8 @@ pub struct Progress {
     pub have: u64,
     /// Chunks missing and reachable now (data chunks, and interior nodes whose parent is held).
     pub missing: Vec<ChunkId>,
+    /// Chunks present (data chunks and interior nodes), each once.
+    pub held: Vec<ChunkId>,
 }
 
 impl Progress {
@@ -201,6 +203,9 @@ pub fn progress(store: &Store, blobs: &[BlobRef]) -> Result<Progress> {
         if height == 0 {
             if store.has(&e.id) {
                 p.have += e.len;
+                if seen.insert(e.id) {
+                    p.held.push(e.id);
+                }
             } else if seen.insert(e.id) {
                 p.missing.push(e.id);
             }
@@ -214,6 +219,9 @@ pub fn progress(store: &Store, blobs: &[BlobRef]) -> Result<Progress> {
         }
         match store.get(&e.id)? {
             Some(node) => {
+                if seen.insert(e.id) {
+                    p.held.push(e.id);
+                }
                 let entries = tree::decode_node(&node, e.len)?;
                 stack.extend(entries.into_iter().rev().map(|c| (c, height - 1)));
             }

@@ -22,24 +22,48 @@ pub struct Exported {
     pub bytes: u64,
 }
 
+/// Recover the store error a [`BlobReader`] passed through `std::io::Read` (a missing or damaged
+/// chunk), so callers see [`Error::Missing`], the error that says "fetch it again", rather than
+/// an I/O or format error wrapping its text. Any other I/O error goes to `otherwise`.
+fn from_read_error(e: std::io::Error, otherwise: impl FnOnce(std::io::Error) -> Error) -> Error {
+    if !e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        return otherwise(e);
+    }
+    match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+        Some(Ok(store_error)) => *store_error,
+        // Not reached after the check above; keep the error rather than panic.
+        Some(Err(inner)) => otherwise(std::io::Error::other(inner)),
+        None => otherwise(std::io::Error::other("I/O error without detail")),
+    }
+}
+
 /// Write an artifact's exact bytes to `out`, checking its BLAKE3 (and SHA-256 when known).
+///
+/// A chunk that is absent (or damaged on disk) gives [`Error::Missing`], wherever in the blob it
+/// is; the bytes written to `out` before it are then incomplete and must be discarded.
 pub fn write_artifact(store: &Store, a: &Artifact, out: &mut dyn Write) -> Result<u64> {
     let mut w = HashingWriter::new(out, false);
     match &a.content {
         Content::File(b) => {
             let mut r = BlobReader::new(store, *b)?;
-            std::io::copy(&mut r, &mut w).map_err(Error::io("reassemble", &a.name))?;
+            std::io::copy(&mut r, &mut w).map_err(|e| from_read_error(e, Error::io("reassemble", &a.name)))?;
         }
         Content::Tar { columns, contents } => {
             let mut parts = Vec::with_capacity(columns.len());
             for c in columns {
                 let mut buf = Vec::new();
-                BlobReader::new(store, *c)?.read_to_end(&mut buf).map_err(Error::io("read header column of", &a.name))?;
+                BlobReader::new(store, *c)?
+                    .read_to_end(&mut buf)
+                    .map_err(|e| from_read_error(e, Error::io("read header column of", &a.name)))?;
                 parts.push(buf);
             }
             let cols = tarsplit::Columns::from_parts(parts).map_err(|e| Error::invalid(&a.name, e))?;
             let mut r = BlobReader::new(store, *contents)?;
-            tarsplit::join(&cols, &mut r, &mut w).map_err(|e| Error::invalid(&a.name, e))?;
+            tarsplit::join(&cols, &mut r, &mut w).map_err(|e| match e {
+                // A chunk missing mid-layer reaches here as the content reader's I/O error.
+                tarsplit::Error::Io(io) => from_read_error(io, Error::io("reassemble", &a.name)),
+                e => Error::invalid(&a.name, e),
+            })?;
         }
     }
     let (d, _) = w.finish();
@@ -112,8 +136,12 @@ fn write_file(path: &Path, f: &mut dyn FnMut(&mut dyn Write) -> Result<()>) -> R
 /// image as `<tag>.tar`; or, when the release is exactly one image and `out` ends in `.tar`,
 /// that tarball alone. `out` must not exist.
 pub fn export_release(store: &Store, body: &ReleaseBody, out: &Path) -> Result<Exported> {
-    if out.exists() {
-        return Err(Error::invalid(out.display().to_string(), "already exists; export never overwrites"));
+    // Not `out.exists()`: it follows symlinks, so a dangling symlink looked absent and the
+    // rename below replaced it.
+    match std::fs::symlink_metadata(out) {
+        Ok(_) => return Err(Error::invalid(out.display().to_string(), "already exists; export never overwrites")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("stat", out)(e)),
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;

@@ -168,7 +168,7 @@ impl Cluster {
         let token = cli_ok(&["invite", "--home", self.seed.home_arg(), "--site", site]);
         let i = self.devices.len();
         let mut d = Node { home: self.dir.path().join(format!("device-{i}")), child: None };
-        cli_ok(&["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        cli_ok(&["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
         d.start();
         self.devices.push(d);
         i

@@ -219,3 +219,6 @@ pub(crate) fn import_image<'a>(
     out.images.push(Image { repo_tags, config, layers });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

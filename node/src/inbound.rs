@@ -1,0 +1,148 @@
+//! Answering requests from other nodes.
+//!
+//! Who may ask what: a seed answers release listings from anyone (releases are signed and
+//! public to the fleet) but serves chunks only to devices that presented a valid fleet
+//! credential. A device serves chunks only to enrolled members of its own site reached over a
+//! LAN link — never over a metered link, in either direction.
+
+use crate::config::Role;
+use crate::event_loop::{Done, Enrolled, EventLoop};
+use crate::traffic::LinkClass;
+use layerhop_protocol::wire::{ChunkReply, Hello, PeerInfo, Request, Response};
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+
+impl EventLoop {
+    fn reply(&mut self, channel: ResponseChannel<Response>, r: Response) {
+        let _ = self.swarm.behaviour_mut().exchange.send_response(channel, r);
+    }
+
+    fn refuse(&mut self, peer: PeerId, channel: ResponseChannel<Response>, why: &str) {
+        tracing::warn!(%peer, reason = why, "request refused");
+        self.reply(channel, Response::Refused(why.into()));
+    }
+
+    pub(crate) fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+        match request {
+            Request::Releases => {
+                let releases = self.store.releases().unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot list releases");
+                    Vec::new()
+                });
+                self.reply(channel, Response::Releases(releases));
+            }
+            Request::Announce(signed) => {
+                self.reply(channel, Response::Ack);
+                let _ = self.consider(signed, Some(peer));
+            }
+            Request::Hello(hello) => self.on_hello(peer, hello, channel),
+            Request::Peers(list) => {
+                self.reply(channel, Response::Ack);
+                if Some(peer) == self.seed() {
+                    self.on_peers(list);
+                }
+            }
+            Request::State(state) => {
+                if self.site.is_member(&peer) {
+                    self.site.on_state(&peer, state);
+                    self.reply(channel, Response::Ack);
+                    self.pump();
+                } else {
+                    self.refuse(peer, channel, "not a member of this site");
+                }
+            }
+            Request::Chunks(ids) => {
+                let allowed = match self.cfg.role {
+                    Role::Seed => self.enrolled.contains_key(&peer),
+                    Role::Device => self.site.is_member(&peer) && self.peers.get(&peer) == Some(&LinkClass::Lan),
+                };
+                if !allowed {
+                    let why = match self.cfg.role {
+                        Role::Seed => "chunks are served to enrolled devices only",
+                        Role::Device => "chunks are exchanged only with members of this site over a LAN link",
+                    };
+                    self.refuse(peer, channel, why);
+                    return;
+                }
+                let store = self.store.clone();
+                let done = self.done_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let replies = ids
+                        .iter()
+                        .map(|id| match store.get(id) {
+                            Ok(Some(bytes)) => crate::codec::compress(bytes),
+                            Ok(None) => ChunkReply::Missing,
+                            Err(e) => {
+                                tracing::error!(chunk = %id, error = %e, "cannot read chunk to serve");
+                                ChunkReply::Missing
+                            }
+                        })
+                        .collect();
+                    let _ = done.blocking_send(Done::Serve { channel, response: Response::Chunks(replies) });
+                });
+            }
+        }
+    }
+
+    fn on_hello(&mut self, peer: PeerId, hello: Hello, channel: ResponseChannel<Response>) {
+        if Some(peer) == self.seed() {
+            self.reply(channel, Response::Ack);
+            return;
+        }
+        let Some(fleet) = self.fleet_key else {
+            self.refuse(peer, channel, "this node cannot check credentials (no fleet key)");
+            return;
+        };
+        let Some(cred) = hello.credential else {
+            self.refuse(peer, channel, "no fleet credential");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        };
+        if let Err(e) = cred.verify(&fleet) {
+            self.refuse(peer, channel, &format!("invalid fleet credential: {e}"));
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        match self.cfg.role {
+            Role::Seed => {
+                let members: Vec<PeerInfo> = self
+                    .enrolled
+                    .iter()
+                    .filter(|(_, e)| e.site == cred.site)
+                    .filter_map(|(p, e)| (*p != peer).then(|| PeerInfo { peer: p.to_bytes(), listen_addrs: e.addrs.clone() }))
+                    .collect();
+                let newcomer = PeerInfo { peer: peer.to_bytes(), listen_addrs: hello.listen_addrs.clone() };
+                let others: Vec<PeerId> = members.iter().filter_map(|m| PeerId::from_bytes(&m.peer).ok()).collect();
+                tracing::info!(%peer, site = %cred.site, "device enrolled");
+                self.enrolled.insert(peer, Enrolled { site: cred.site, addrs: hello.listen_addrs });
+                self.reply(channel, Response::Peers(members));
+                for o in others {
+                    self.send(&o, Request::Peers(vec![newcomer.clone()]), crate::event_loop::Pending::Other);
+                }
+            }
+            Role::Device => {
+                if cred.site != self.cfg.site {
+                    self.refuse(peer, channel, &format!("peer belongs to site {:?}, not {:?}", cred.site, self.cfg.site));
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                    return;
+                }
+                if self.peers.get(&peer) != Some(&LinkClass::Lan) {
+                    self.refuse(peer, channel, "site peers are reached over the LAN only; this link is metered");
+                    return;
+                }
+                if !self.cfg.site_sharing {
+                    self.reply(channel, Response::Ack);
+                    return;
+                }
+                let addrs: Vec<Multiaddr> = hello.listen_addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                let new = !self.site.is_member(&peer);
+                self.site.join(peer, addrs);
+                self.reply(channel, Response::Ack);
+                if new {
+                    tracing::info!(%peer, "site peer joined");
+                    self.send_full_state(peer);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Deciding where each wanted chunk comes from, and telling site peers what this node holds.
+//!
+//! For every wanted chunk, in tree order:
+//! 1. a live site member holds it → ask the least-busy such member, over the LAN;
+//! 2. a live member is fetching it from the seed (its claim) → wait for it;
+//! 3. otherwise the rendezvous winner among members with an uplink fetches it from the seed:
+//!    if that is this node, ask the seed; if not, wait.
+//!
+//! With site sharing off (the config's `site_sharing = false`, used as a baseline) every chunk
+//! comes from the seed. Each source gets at most `parallel_requests` requests in flight of up
+//! to 16 chunks each.
+
+use crate::event_loop::{Done, EventLoop, Pending};
+use crate::fetch::Source;
+use crate::site::Fetcher;
+use layerhop_protocol::ChunkId;
+use layerhop_protocol::limits::{MAX_HAVE_IDS, MAX_IDS_PER_REQUEST};
+use layerhop_protocol::wire::{ChunkReply, HaveMap, Request, State, short_id};
+use libp2p::PeerId;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How long to leave a chunk the seed said it lacks before asking the seed again.
+const SEED_LACK_RETRY: Duration = Duration::from_secs(5);
+/// For this long after a release starts, every live member is assumed to fetch it (they heard
+/// of it at about the same time; their state messages are on the way).
+const RELEASE_GRACE: Duration = Duration::from_secs(3);
+
+impl EventLoop {
+    /// Send chunk requests while sources have room.
+    pub(crate) fn pump(&mut self) {
+        let limit = self.cfg.parallel_requests;
+        let uplink = self.uplink();
+        let sharing = self.cfg.site_sharing;
+        let epoch = self.site.epoch;
+        let channels: Vec<String> = self.fetches.iter().filter(|(_, f)| !f.complete && f.stalled.is_none()).map(|(c, _)| c.clone()).collect();
+        for channel in channels {
+            let mut seed_batch: Vec<ChunkId> = Vec::new();
+            let mut peer_batches: HashMap<PeerId, Vec<ChunkId>> = HashMap::new();
+            let mut seed_room = limit.saturating_sub(self.seed_in_flight) * MAX_IDS_PER_REQUEST;
+            {
+                let Some(f) = self.fetches.get_mut(&channel) else { continue };
+                let key = f.key();
+                let now = Instant::now();
+                let grace = f.started.elapsed() < RELEASE_GRACE;
+                let order = f.order.clone();
+                for id in order {
+                    let Some(w) = f.wants.get_mut(&id) else { continue };
+                    if w.in_flight.is_some() {
+                        continue;
+                    }
+                    if sharing {
+                        let best = self
+                            .site
+                            .holders(&key, &id)
+                            .filter(|(p, _)| !w.tried.contains(p))
+                            .map(|(p, m)| (*p, m.in_flight * MAX_IDS_PER_REQUEST + peer_batches.get(p).map_or(0, Vec::len)))
+                            .filter(|(_, load)| *load < limit * MAX_IDS_PER_REQUEST)
+                            .min_by_key(|(_, load)| *load);
+                        if let Some((p, _)) = best {
+                            peer_batches.entry(p).or_default().push(id);
+                            continue;
+                        }
+                        if self.site.holders(&key, &id).any(|(p, _)| !w.tried.contains(p)) {
+                            continue; // held on the site; its holders are busy
+                        }
+                        if self.site.claimed(&key, &id) {
+                            continue;
+                        }
+                        let fetcher = match w.fetcher {
+                            Some((e, g, f)) if e == epoch && g == grace => f,
+                            _ => {
+                                let f = self.site.fetcher(&key, &id, uplink, grace);
+                                w.fetcher = Some((epoch, grace, f));
+                                f
+                            }
+                        };
+                        if fetcher != Fetcher::Me {
+                            continue;
+                        }
+                    }
+                    if !uplink || seed_room == 0 || w.seed_lacked.is_some_and(|t| now.duration_since(t) < SEED_LACK_RETRY) {
+                        continue;
+                    }
+                    seed_batch.push(id);
+                    seed_room -= 1;
+                }
+            }
+            for (peer, ids) in peer_batches {
+                for batch in ids.chunks(MAX_IDS_PER_REQUEST) {
+                    self.request_chunks(&channel, batch.to_vec(), Source::Peer(peer));
+                }
+            }
+            for batch in seed_batch.chunks(MAX_IDS_PER_REQUEST) {
+                self.request_chunks(&channel, batch.to_vec(), Source::Seed);
+            }
+        }
+    }
+
+    fn request_chunks(&mut self, channel: &str, ids: Vec<ChunkId>, source: Source) {
+        let peer = match source {
+            Source::Seed => match self.seed() {
+                Some(s) => s,
+                None => return,
+            },
+            Source::Peer(p) => p,
+        };
+        if let Some(f) = self.fetches.get_mut(channel) {
+            f.requested(&ids, source);
+        }
+        match source {
+            Source::Seed => {
+                self.seed_in_flight += 1;
+                self.state_dirty = true;
+            }
+            Source::Peer(p) => {
+                if let Some(m) = self.site.member_mut(&p) {
+                    m.in_flight += 1;
+                }
+            }
+        }
+        self.send(&peer, Request::Chunks(ids.clone()), Pending::Chunks { channel: channel.to_owned(), ids, source });
+    }
+
+    /// Verify and store the chunks of a response, off the event loop.
+    pub(crate) fn on_chunks(&mut self, channel: String, ids: Vec<ChunkId>, replies: Vec<ChunkReply>, source: Source) {
+        if replies.len() != ids.len() {
+            tracing::warn!(?source, asked = ids.len(), got = replies.len(), "chunk reply count does not match the request");
+            if let Some(f) = self.fetches.get_mut(&channel) {
+                for id in &ids {
+                    f.retry(id, Some(source));
+                }
+            }
+            return;
+        }
+        for (id, reply) in ids.into_iter().zip(replies) {
+            match crate::codec::decompress(reply) {
+                None => {
+                    if let (Source::Peer(p), Some(f)) = (source, self.fetches.get(&channel)) {
+                        let key = f.key();
+                        self.site.forget(&p, &key, &id);
+                    }
+                    if let Some(f) = self.fetches.get_mut(&channel) {
+                        f.retry(&id, Some(source));
+                    }
+                }
+                Some(bytes) => {
+                    let store = self.store.clone();
+                    let done = self.done_tx.clone();
+                    let channel = channel.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let result = bytes
+                            .map_err(|e| format!("undecodable compressed chunk: {e}"))
+                            .and_then(|b| store.put(&id, &b).map_err(|e| e.to_string()));
+                        let _ = done.blocking_send(Done::Stored { channel, id, result, source });
+                    });
+                }
+            }
+        }
+    }
+
+    fn claims_of(&self, channel: &str) -> Vec<[u8; 8]> {
+        self.fetches.get(channel).map(|f| f.seed_claims().map(short_id).collect()).unwrap_or_default()
+    }
+
+    fn base_state(&self) -> State {
+        State {
+            uplink: self.uplink(),
+            seed_fetched: self.seed_fetched,
+            seed_pending: u32::try_from(self.seed_in_flight).unwrap_or(u32::MAX),
+            releases: Vec::new(),
+        }
+    }
+
+    /// Everything this node holds, for a member that just joined (split to stay bounded).
+    pub(crate) fn send_full_state(&mut self, peer: PeerId) {
+        let mut messages = Vec::new();
+        for (channel, f) in &self.fetches {
+            let claims = self.claims_of(channel);
+            if f.complete {
+                messages.push(HaveMap { channel: f.body.channel.clone(), version: f.body.version, complete: true, full: true, ids: vec![], claims });
+                continue;
+            }
+            let held: Vec<[u8; 8]> = f.held().map(short_id).collect();
+            let mut parts = held.chunks(MAX_HAVE_IDS).peekable();
+            let mut first = true;
+            if parts.peek().is_none() {
+                messages.push(HaveMap { channel: f.body.channel.clone(), version: f.body.version, complete: false, full: true, ids: vec![], claims: claims.clone() });
+            }
+            for part in parts {
+                messages.push(HaveMap { channel: f.body.channel.clone(), version: f.body.version, complete: false, full: first, ids: part.to_vec(), claims: claims.clone() });
+                first = false;
+            }
+        }
+        let base = self.base_state();
+        if messages.is_empty() {
+            self.send(&peer, Request::State(base.clone()), Pending::Other);
+        }
+        for m in messages {
+            let mut s = base.clone();
+            s.releases.push(m);
+            self.send(&peer, Request::State(s), Pending::Other);
+        }
+    }
+
+    /// Tell every member what landed since the last message, and who this node is fetching
+    /// from the seed; at least once a second as a heartbeat.
+    pub(crate) fn send_state(&mut self) {
+        let members: Vec<PeerId> = self.site.members().map(|(p, _)| *p).collect();
+        let heartbeat = self.last_state.elapsed() >= Duration::from_secs(1);
+        if members.is_empty() || (!self.state_dirty && !heartbeat) {
+            for f in self.fetches.values_mut() {
+                f.landed_recently.clear();
+            }
+            return;
+        }
+        let mut s = self.base_state();
+        let channels: Vec<String> = self.fetches.keys().cloned().collect();
+        for channel in channels {
+            let claims = self.claims_of(&channel);
+            let Some(f) = self.fetches.get_mut(&channel) else { continue };
+            let n = f.landed_recently.len().min(MAX_HAVE_IDS);
+            let ids: Vec<[u8; 8]> = f.landed_recently.drain(..n).map(|id| short_id(&id)).collect();
+            let more = !f.landed_recently.is_empty();
+            s.releases.push(HaveMap { channel: f.body.channel.clone(), version: f.body.version, complete: f.complete, full: false, ids, claims });
+            self.state_dirty |= more;
+        }
+        self.state_dirty = false;
+        for p in members {
+            self.send(&p, Request::State(s.clone()), Pending::Other);
+        }
+        self.last_state = Instant::now();
+    }
+}

@@ -1,0 +1,320 @@
+//! The site: which LAN peers are members, what each holds and claims, and who fetches what
+//! from the seed.
+//!
+//! The rule that keeps a site's metered bytes near one copy of the new data: a chunk that no
+//! member holds is fetched from the seed by exactly one member — the live member with an uplink
+//! that wins a rendezvous hash of (chunk, peer id) — and the others wait and take it over the
+//! LAN. Members tell each other what they hold and which chunks they are fetching from the
+//! seed (claims) in [`State`] messages, sent when something changes and at least every second.
+//! A member is live while it is connected, has been heard from within the lease, and — if it
+//! says it is waiting on the seed — has made progress within the lease. A member that leaves,
+//! crashes or stalls therefore drops out after at most one lease, and the rendezvous hands its
+//! chunks to the next member: nothing waits forever.
+
+use layerhop_protocol::ChunkId;
+use layerhop_protocol::wire::{ShortId, State, short_id};
+use libp2p::{Multiaddr, PeerId};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// A release, as members name it.
+pub type ReleaseKey = (String, u64);
+
+/// What one member holds of one release.
+#[derive(Debug, Default)]
+pub struct PeerHave {
+    /// It holds every chunk.
+    pub complete: bool,
+    /// Chunks it holds (short ids).
+    pub ids: HashSet<ShortId>,
+    /// Chunks it is fetching from the seed.
+    pub claims: HashSet<ShortId>,
+}
+
+/// One LAN peer of the same site.
+#[derive(Debug)]
+pub struct Member {
+    /// Where it listens.
+    pub addrs: Vec<Multiaddr>,
+    /// When it was last heard from.
+    pub last_heard: Instant,
+    /// Whether it can reach the seed.
+    pub uplink: bool,
+    /// Its seed-fetch counter and when that last grew.
+    seed_fetched: u64,
+    last_progress: Instant,
+    seed_pending: u32,
+    /// Per release.
+    pub haves: HashMap<ReleaseKey, PeerHave>,
+    /// Chunk requests in flight to it.
+    pub in_flight: usize,
+}
+
+/// The members of this node's site.
+#[derive(Debug)]
+pub struct Site {
+    me: PeerId,
+    lease: Duration,
+    members: HashMap<PeerId, Member>,
+    /// Grows whenever membership or liveness may have changed; fetch decisions cached under an
+    /// older epoch are recomputed.
+    pub epoch: u64,
+}
+
+/// Who should fetch a chunk no member holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetcher {
+    /// This node, from the seed.
+    Me,
+    /// Another member; wait for it.
+    Peer(PeerId),
+    /// Nobody can (no member, this one included, has an uplink).
+    Nobody,
+}
+
+fn score(id: &ChunkId, peer: &PeerId) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(id.as_bytes());
+    h.update(&peer.to_bytes());
+    let out = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&out.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+impl Site {
+    /// An empty site for node `me`; members expire after `lease` of silence.
+    pub fn new(me: PeerId, lease: Duration) -> Self {
+        Site { me, lease, members: HashMap::new(), epoch: 0 }
+    }
+
+    /// A peer proved it is an enrolled member of this site.
+    pub fn join(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let now = Instant::now();
+        self.members.insert(
+            peer,
+            Member {
+                addrs,
+                last_heard: now,
+                uplink: true,
+                seed_fetched: 0,
+                last_progress: now,
+                seed_pending: 0,
+                haves: HashMap::new(),
+                in_flight: 0,
+            },
+        );
+        self.epoch += 1;
+    }
+
+    /// A member disconnected.
+    pub fn leave(&mut self, peer: &PeerId) {
+        if self.members.remove(peer).is_some() {
+            self.epoch += 1;
+        }
+    }
+
+    /// Whether `peer` is a member.
+    pub fn is_member(&self, peer: &PeerId) -> bool {
+        self.members.contains_key(peer)
+    }
+
+    /// The members.
+    pub fn members(&self) -> impl Iterator<Item = (&PeerId, &Member)> {
+        self.members.iter()
+    }
+
+    /// A member by id.
+    pub fn member_mut(&mut self, peer: &PeerId) -> Option<&mut Member> {
+        self.members.get_mut(peer)
+    }
+
+    /// Apply a member's state message.
+    pub fn on_state(&mut self, peer: &PeerId, s: State) {
+        let Some(m) = self.members.get_mut(peer) else { return };
+        let now = Instant::now();
+        m.last_heard = now;
+        if s.seed_fetched > m.seed_fetched || s.seed_pending == 0 {
+            m.last_progress = now;
+        }
+        if m.uplink != s.uplink {
+            self.epoch += 1;
+        }
+        m.uplink = s.uplink;
+        m.seed_fetched = s.seed_fetched;
+        m.seed_pending = s.seed_pending;
+        for h in s.releases {
+            let key = (h.channel.as_str().to_owned(), h.version);
+            let is_new = !m.haves.contains_key(&key);
+            let have = m.haves.entry(key).or_default();
+            if h.full {
+                have.ids.clear();
+            }
+            have.complete = h.complete;
+            have.ids.extend(h.ids);
+            have.claims = h.claims.into_iter().collect();
+            if is_new {
+                self.epoch += 1;
+            }
+        }
+    }
+
+    /// Drop members whose lease ran out; returns whether any did.
+    pub fn expire(&mut self) -> bool {
+        let now = Instant::now();
+        let lease = self.lease;
+        let stale = self.members.values().any(|m| !Self::alive(m, now, lease));
+        if stale {
+            self.epoch += 1;
+        }
+        stale
+    }
+
+    fn alive(m: &Member, now: Instant, lease: Duration) -> bool {
+        now.duration_since(m.last_heard) < lease && (m.seed_pending == 0 || now.duration_since(m.last_progress) < lease)
+    }
+
+    /// Whether a member is live now.
+    pub fn live(&self, peer: &PeerId) -> bool {
+        self.members.get(peer).is_some_and(|m| Self::alive(m, Instant::now(), self.lease))
+    }
+
+    /// Live members holding `id` of `release`.
+    pub fn holders<'a>(&'a self, release: &'a ReleaseKey, id: &ChunkId) -> impl Iterator<Item = (&'a PeerId, &'a Member)> + 'a {
+        let s = short_id(id);
+        let now = Instant::now();
+        self.members.iter().filter(move |(_, m)| {
+            Self::alive(m, now, self.lease) && m.haves.get(release).is_some_and(|h| h.complete || h.ids.contains(&s))
+        })
+    }
+
+    /// Whether a live member is fetching `id` from the seed now.
+    pub fn claimed(&self, release: &ReleaseKey, id: &ChunkId) -> bool {
+        let s = short_id(id);
+        let now = Instant::now();
+        self.members
+            .values()
+            .any(|m| Self::alive(m, now, self.lease) && m.haves.get(release).is_some_and(|h| h.claims.contains(&s)))
+    }
+
+    /// Who fetches `id` from the seed: the highest rendezvous score among this node (if it has
+    /// an uplink) and the live members with an uplink that fetch the release. While
+    /// `assume_all` (the first moments of a release, before every member has said it has it),
+    /// every live member with an uplink counts: they all heard of the release at about the same
+    /// time, and counting only the ones heard from would make each of them fetch everything.
+    pub fn fetcher(&self, release: &ReleaseKey, id: &ChunkId, my_uplink: bool, assume_all: bool) -> Fetcher {
+        let now = Instant::now();
+        let mut best: Option<(u64, Fetcher)> = my_uplink.then(|| (score(id, &self.me), Fetcher::Me));
+        for (p, m) in &self.members {
+            if !m.uplink || !Self::alive(m, now, self.lease) || !(assume_all || m.haves.contains_key(release)) {
+                continue;
+            }
+            let s = score(id, p);
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, Fetcher::Peer(*p)));
+            }
+        }
+        best.map(|(_, f)| f).unwrap_or(Fetcher::Nobody)
+    }
+
+    /// A member answered that it does not hold `id` after all.
+    pub fn forget(&mut self, peer: &PeerId, release: &ReleaseKey, id: &ChunkId) {
+        if let Some(h) = self.members.get_mut(peer).and_then(|m| m.haves.get_mut(release)) {
+            h.complete = false;
+            h.ids.remove(&short_id(id));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use layerhop_protocol::Channel;
+    use layerhop_protocol::wire::HaveMap;
+
+    fn state(release: &ReleaseKey, ids: Vec<ShortId>, claims: Vec<ShortId>) -> State {
+        State {
+            uplink: true,
+            seed_fetched: 0,
+            seed_pending: 0,
+            releases: vec![HaveMap {
+                channel: Channel::new(&release.0).expect("channel"),
+                version: release.1,
+                complete: false,
+                full: true,
+                ids,
+                claims,
+            }],
+        }
+    }
+
+    #[test]
+    fn every_member_agrees_on_one_fetcher() {
+        let peers: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
+        let release: ReleaseKey = ("models".into(), 1);
+        let sites: Vec<Site> = peers
+            .iter()
+            .map(|me| {
+                let mut s = Site::new(*me, Duration::from_secs(10));
+                for p in peers.iter().filter(|p| *p != me) {
+                    s.join(*p, vec![]);
+                    s.on_state(p, state(&release, vec![], vec![]));
+                }
+                s
+            })
+            .collect();
+        let mut per_peer = HashMap::new();
+        for i in 0..1000u32 {
+            let id = ChunkId::of(&i.to_le_bytes());
+            let chosen: Vec<PeerId> = sites
+                .iter()
+                .zip(&peers)
+                .map(|(s, me)| match s.fetcher(&release, &id, true, false) {
+                    Fetcher::Me => *me,
+                    Fetcher::Peer(p) => p,
+                    Fetcher::Nobody => panic!("nobody"),
+                })
+                .collect();
+            assert!(chosen.iter().all(|c| *c == chosen[0]), "members disagree on chunk {i}");
+            *per_peer.entry(chosen[0]).or_insert(0) += 1;
+        }
+        // The split spreads the work (and the uplinks) over the members.
+        assert_eq!(per_peer.len(), 10);
+        assert!(per_peer.values().all(|&n| n > 50), "{per_peer:?}");
+    }
+
+    #[test]
+    fn holders_claims_and_departures() {
+        let me = PeerId::random();
+        let other = PeerId::random();
+        let release: ReleaseKey = ("models".into(), 1);
+        let held = ChunkId::of(b"held");
+        let claimed = ChunkId::of(b"claimed");
+        let mut s = Site::new(me, Duration::from_secs(10));
+        s.join(other, vec![]);
+        s.on_state(&other, state(&release, vec![short_id(&held)], vec![short_id(&claimed)]));
+        assert_eq!(s.holders(&release, &held).count(), 1);
+        assert!(s.claimed(&release, &claimed));
+        s.leave(&other);
+        assert_eq!(s.holders(&release, &held).count(), 0);
+        assert!(!s.claimed(&release, &claimed));
+        assert_eq!(s.fetcher(&release, &held, true, false), Fetcher::Me);
+        assert_eq!(s.fetcher(&release, &held, false, false), Fetcher::Nobody);
+    }
+
+    #[test]
+    fn a_silent_member_loses_its_chunks_after_the_lease() {
+        let me = PeerId::random();
+        let other = PeerId::random();
+        let release: ReleaseKey = ("models".into(), 1);
+        let mut s = Site::new(me, Duration::from_secs(10));
+        s.join(other, vec![]);
+        s.on_state(&other, state(&release, vec![], vec![]));
+        let theirs = (0..100u32).map(|i| ChunkId::of(&i.to_le_bytes())).find(|id| s.fetcher(&release, id, true, false) != Fetcher::Me).expect("some chunk is theirs");
+        assert!(!s.expire());
+        // Eleven seconds of silence, without waiting for them.
+        s.member_mut(&other).expect("member").last_heard -= Duration::from_secs(11);
+        assert!(s.expire());
+        assert_eq!(s.fetcher(&release, &theirs, true, false), Fetcher::Me);
+    }
+}
