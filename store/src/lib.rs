@@ -171,9 +171,17 @@ impl Store {
         Ok(())
     }
 
-    /// Whether the chunk is present.
+    /// Whether the chunk is present. The index answers first; when it does not know the chunk,
+    /// a chunk file written before a crash (after its fsync, before sled persisted the insert)
+    /// is verified and adopted, so a crash never makes a device fetch verified bytes again.
     pub fn has(&self, id: &ChunkId) -> bool {
-        matches!(self.chunk_index.contains_key(id.as_bytes()), Ok(true))
+        if matches!(self.chunk_index.contains_key(id.as_bytes()), Ok(true)) {
+            return true;
+        }
+        if !self.files.path(id).exists() {
+            return false;
+        }
+        matches!(self.get(id), Ok(Some(_)))
     }
 
     /// Store bytes received from elsewhere: checked against `id` first.
@@ -205,7 +213,7 @@ impl Store {
     pub fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
         match self.files.read(id)? {
             ChunkRead::Ok(b) => {
-                if !self.has(id) {
+                if !matches!(self.chunk_index.contains_key(id.as_bytes()), Ok(true)) {
                     self.chunk_index.insert(id.as_bytes(), &(b.len() as u32).to_le_bytes())?;
                 }
                 Ok(Some(b))

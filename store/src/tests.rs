@@ -152,3 +152,18 @@ fn trust_only_grows_and_survives_reopen() {
     assert_eq!(s.trust().versions.get("models"), Some(&3));
     assert_eq!(s.trust().newest_time, 100);
 }
+
+#[test]
+fn chunk_files_the_index_lost_are_adopted_not_refetched() {
+    let (_d, s) = store();
+    let id = ChunkId::of(b"written before the crash");
+    s.put(&id, b"written before the crash").expect("put");
+    // As after kill -9: the file is on disk, sled never persisted the insert.
+    s.chunk_index.remove(id.as_bytes()).expect("remove");
+    assert!(s.has(&id));
+    assert!(s.chunk_index.contains_key(id.as_bytes()).expect("index"));
+    let bad = ChunkId::of(b"torn");
+    std::fs::create_dir_all(s.chunk_path(&bad).parent().expect("dir")).expect("mkdir");
+    std::fs::write(s.chunk_path(&bad), b"to").expect("write");
+    assert!(!s.has(&bad));
+}

@@ -136,6 +136,16 @@ impl Drop for Node {
     }
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // LAYERHOP_KEEP_TEST_DIRS=1 keeps the homes and logs of every test for a post-mortem.
+        if std::env::var_os("LAYERHOP_KEEP_TEST_DIRS").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("kept {}", dir.keep().display());
+        }
+    }
+}
+
 /// A seed and devices on one site, all on 127.0.0.1.
 pub(crate) struct Cluster {
     /// Holds every home; removed at the end.

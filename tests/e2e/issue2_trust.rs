@@ -24,7 +24,7 @@ fn offer(d: &Node, file: &Path) -> (bool, String) {
 
 #[test]
 fn tampered_replayed_and_expired_releases_are_refused() {
-    let c = Cluster::start(1, "yard");
+    let mut c = Cluster::start(1, "yard");
     let d = &c.devices[0];
     let v1 = c.publish("models", &[&model_dir(&c, "r1", &[1u8; 5000])]);
     d.wait_complete("models", v1, Duration::from_secs(60));
@@ -69,7 +69,7 @@ fn tampered_replayed_and_expired_releases_are_refused() {
     assert_eq!(r["version"], v2, "the device still holds v2");
 
     // The trusted version survives a restart: v1 is still refused afterwards.
-    let mut d = c.devices.into_iter().next().expect("device");
+    let mut d = c.devices.remove(0);
     d.stop();
     d.start();
     let (ok, msg) = offer(&d, &release_file(&c.seed, "models", v1));
@@ -78,12 +78,10 @@ fn tampered_replayed_and_expired_releases_are_refused() {
 
 #[test]
 fn corrupted_chunk_in_seed_store_is_not_served() {
-    let c = Cluster::start(1, "yard");
+    let mut c = Cluster::start(1, "yard");
     // Stop the device so the corruption happens before anything is fetched.
-    let mut devices = c.devices;
-    let mut d = devices.pop().expect("device");
+    let mut d = c.devices.pop().expect("device");
     d.stop();
-    let c = Cluster { devices, ..c };
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let v = c.publish("models", &[&model_dir(&c, "r1", &payload)]);
     // Corrupt every data chunk file of the model on the seed: flip a byte in each.

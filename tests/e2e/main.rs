@@ -6,3 +6,4 @@
 mod harness;
 mod issue2_foundation;
 mod issue2_trust;
+mod issue3_site;
