@@ -11,8 +11,21 @@ use anyhow::{Context, Result, anyhow};
 use layerhop_store::Store;
 use std::sync::Arc;
 
-/// Run the daemon of `home` until it is told to stop.
+/// Run the daemon of `home` until SIGINT or SIGTERM (or a `shutdown` control request).
 pub async fn run(home: &Home) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing SIGTERM handler")?;
+    run_until(home, async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+            _ = term.recv() => tracing::info!("terminated; stopping"),
+        }
+    })
+    .await
+}
+
+/// Run the daemon of `home` until `stop` completes (the simulations run many nodes in one
+/// process this way).
+pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>) -> Result<()> {
     let cfg = Config::load(&home.config())?;
     let key = home.load_identity()?;
     let data = home.data();
@@ -58,10 +71,8 @@ pub async fn run(home: &Home) -> Result<()> {
     tracing::info!(%peer_id, ?role, home = %home.root().display(), "layerhop node started");
     let control_task = tokio::spawn(server.serve(listener));
     let loop_task = tokio::spawn(event_loop.run());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing SIGTERM handler")?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
-        _ = term.recv() => tracing::info!("terminated; stopping"),
+        _ = stop => {}
         _ = loop_task => tracing::info!("event loop stopped"),
     }
     handle.call(Command::Shutdown).await;

@@ -57,6 +57,8 @@ impl Handle {
 
 pub(crate) enum Pending {
     Chunks { channel: String, ids: Vec<ChunkId>, source: Source },
+    /// Seed: an announcement to one member of a site, with the members to try next.
+    Announce { signed: SignedRelease, next: Vec<PeerId> },
     Hello,
     Releases,
     Other,
@@ -71,6 +73,8 @@ pub(crate) enum Done {
 pub(crate) struct Enrolled {
     pub(crate) site: String,
     pub(crate) addrs: Vec<String>,
+    /// Whether it shares with its site (and so hears of releases from a site peer).
+    pub(crate) sharing: bool,
 }
 
 /// Everything the loop needs besides the swarm.
@@ -229,14 +233,10 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::Announce(signed, reply) => {
-                let peers: Vec<PeerId> = self.enrolled.keys().copied().collect();
-                for p in &peers {
-                    self.send(p, Request::Announce(signed.clone()), Pending::Other);
-                }
-                let _ = reply.send(peers.len());
+                let _ = reply.send(self.announce(signed));
             }
             Command::Offer(signed, reply) => {
-                let _ = reply.send(self.consider(signed, None));
+                let _ = reply.send(self.consider(signed, None).map(|(_, what)| what));
             }
             Command::Shutdown(_) => {}
         }
@@ -311,7 +311,7 @@ impl EventLoop {
                 }
                 self.peers.insert(peer_id, class);
                 if num_established.get() == 1 && self.cfg.role == Role::Device {
-                    let hello = Hello { credential: self.credential.clone(), listen_addrs: self.advertised_addrs() };
+                    let hello = Hello { credential: self.credential.clone(), listen_addrs: self.advertised_addrs(), site_sharing: self.cfg.site_sharing };
                     self.send(&peer_id, Request::Hello(hello), Pending::Hello);
                     if Some(peer_id) == self.seed() {
                         self.dial_backoff = Duration::from_millis(500);
@@ -365,13 +365,17 @@ impl EventLoop {
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!(%peer, %error, "request failed");
-                if let Some(Pending::Chunks { channel, ids, source }) = self.pending.remove(&request_id) {
-                    self.request_done(source);
-                    if let Some(f) = self.fetches.get_mut(&channel) {
-                        for id in &ids {
-                            f.retry(id, None);
+                match self.pending.remove(&request_id) {
+                    Some(Pending::Chunks { channel, ids, source }) => {
+                        self.request_done(source);
+                        if let Some(f) = self.fetches.get_mut(&channel) {
+                            for id in &ids {
+                                f.retry(id, None);
+                            }
                         }
                     }
+                    Some(Pending::Announce { signed, next }) => self.announce_to_next(signed, next),
+                    _ => {}
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -396,8 +400,12 @@ impl EventLoop {
         match (self.pending.remove(&request_id), response) {
             (Some(Pending::Releases), Response::Releases(list)) => {
                 for signed in list {
-                    let _ = self.consider(signed, Some(peer));
+                    self.consider_and_forward(signed, peer);
                 }
+            }
+            (Some(Pending::Announce { signed, next }), Response::Refused(why)) => {
+                tracing::warn!(%peer, reason = %why, "device refused an announcement");
+                self.announce_to_next(signed, next);
             }
             (Some(Pending::Hello), Response::Peers(list)) if Some(peer) == self.seed() => {
                 self.on_peers(list);
@@ -472,8 +480,9 @@ impl EventLoop {
         }
     }
 
-    /// Decide on a release heard from `from` (None: offered locally). Returns a description.
-    pub(crate) fn consider(&mut self, signed: SignedRelease, from: Option<PeerId>) -> Result<String, String> {
+    /// Decide on a release heard from `from` (None: offered locally). Returns whether it was
+    /// newly accepted, and a description.
+    pub(crate) fn consider(&mut self, signed: SignedRelease, from: Option<PeerId>) -> Result<(bool, String), String> {
         let Some(key) = self.cfg.publisher_key else {
             return Err("this node has no pinned publisher key".into());
         };
@@ -481,7 +490,7 @@ impl EventLoop {
             && let Some(f) = self.fetches.get(body.channel.as_str())
             && f.signed == signed
         {
-            return Ok(format!("release {} v{} already known", body.channel, body.version));
+            return Ok((false, format!("release {} v{} already known", body.channel, body.version)));
         }
         let trust = self.store.trust();
         let body = match accept::check(&signed, &key, &trust, accept::system_now()) {
@@ -492,7 +501,7 @@ impl EventLoop {
             }
         };
         if !self.cfg.follows(&body.channel) {
-            return Ok(format!("channel {} is not followed", body.channel));
+            return Ok((false, format!("channel {} is not followed", body.channel)));
         }
         let what = format!("release {} v{}", body.channel, body.version);
         if let Err(e) = self.store.raise_trust(body.channel.as_str(), body.version, body.issued_at) {
@@ -505,7 +514,52 @@ impl EventLoop {
         }
         tracing::info!(channel = %body.channel, version = body.version, artifacts = body.artifacts.len(), bytes = body.stored_bytes(), "release accepted");
         self.start_fetch(signed, body);
-        Ok(format!("{what} accepted"))
+        Ok((true, format!("{what} accepted")))
+    }
+
+    /// Consider a release from a peer and, if it is new here, pass it on to the site: the seed
+    /// announces each release to one member per site, and the site spreads it over the LAN.
+    pub(crate) fn consider_and_forward(&mut self, signed: SignedRelease, from: PeerId) {
+        if let Ok((true, _)) = self.consider(signed.clone(), Some(from)) {
+            let members: Vec<PeerId> = self.site.members().map(|(p, _)| *p).filter(|p| *p != from).collect();
+            for p in members {
+                self.send(&p, Request::Announce(signed.clone()), Pending::Other);
+            }
+        }
+    }
+
+    /// Seed: announce a release to one live device per sharing site (its members pass it on
+    /// over the LAN), and to every device that does not share. Returns how many were told.
+    fn announce(&mut self, signed: SignedRelease) -> usize {
+        let tag = layerhop_protocol::ChunkId::of(&signed.signature);
+        let mut sites: HashMap<String, Vec<PeerId>> = HashMap::new();
+        let mut direct = Vec::new();
+        for (p, e) in &self.enrolled {
+            if e.sharing {
+                sites.entry(e.site.clone()).or_default().push(*p);
+            } else {
+                direct.push(*p);
+            }
+        }
+        let told = sites.len() + direct.len();
+        for p in direct {
+            self.send(&p, Request::Announce(signed.clone()), Pending::Other);
+        }
+        for (_, mut members) in sites {
+            // A different member per release, so no one device carries every announcement.
+            members.sort_by_key(|p| std::cmp::Reverse(crate::site::score(&tag, p)));
+            self.announce_to_next(signed.clone(), members);
+        }
+        told
+    }
+
+    fn announce_to_next(&mut self, signed: SignedRelease, mut members: Vec<PeerId>) {
+        members.retain(|p| self.enrolled.contains_key(p));
+        if members.is_empty() {
+            return;
+        }
+        let first = members.remove(0);
+        self.send(&first, Request::Announce(signed.clone()), Pending::Announce { signed, next: members });
     }
 
     fn start_fetch(&mut self, signed: SignedRelease, body: layerhop_protocol::ReleaseBody) {

@@ -33,7 +33,7 @@ impl EventLoop {
             }
             Request::Announce(signed) => {
                 self.reply(channel, Response::Ack);
-                let _ = self.consider(signed, Some(peer));
+                self.consider_and_forward(signed, peer);
             }
             Request::Hello(hello) => self.on_hello(peer, hello, channel),
             Request::Peers(list) => {
@@ -114,7 +114,7 @@ impl EventLoop {
                 let newcomer = PeerInfo { peer: peer.to_bytes(), listen_addrs: hello.listen_addrs.clone() };
                 let others: Vec<PeerId> = members.iter().filter_map(|m| PeerId::from_bytes(&m.peer).ok()).collect();
                 tracing::info!(%peer, site = %cred.site, "device enrolled");
-                self.enrolled.insert(peer, Enrolled { site: cred.site, addrs: hello.listen_addrs });
+                self.enrolled.insert(peer, Enrolled { site: cred.site, addrs: hello.listen_addrs, sharing: hello.site_sharing });
                 self.reply(channel, Response::Peers(members));
                 for o in others {
                     self.send(&o, Request::Peers(vec![newcomer.clone()]), crate::event_loop::Pending::Other);

@@ -72,7 +72,8 @@ pub enum Fetcher {
     Nobody,
 }
 
-fn score(id: &ChunkId, peer: &PeerId) -> u64 {
+/// Rendezvous score of `peer` for `id`.
+pub fn score(id: &ChunkId, peer: &PeerId) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(id.as_bytes());
     h.update(&peer.to_bytes());

@@ -37,6 +37,9 @@ pub struct Hello {
     pub credential: Option<Credential>,
     /// Multiaddrs it listens on.
     pub listen_addrs: Vec<String>,
+    /// Whether it shares chunks with its site (a device that does not hears of releases from
+    /// the seed directly).
+    pub site_sharing: bool,
 }
 
 /// A site member as the seed knows it.
