@@ -61,8 +61,16 @@ impl libp2p::request_response::Codec for Codec {
     }
 }
 
-/// The wire form of a chunk: zstd when that saves at least 1/16 of it, else raw.
+/// The wire form of a chunk: zstd when that saves at least 1/16 of it, else raw. A 4 KiB probe
+/// at zstd's fastest level first: model weights and already-compressed files do not compress,
+/// and trying costs more than sending them.
 pub fn compress(bytes: Vec<u8>) -> ChunkReply {
+    const PROBE: usize = 4096;
+    if bytes.len() > 2 * PROBE
+        && zstd::bulk::compress(&bytes[..PROBE], 1).is_ok_and(|z| z.len() + PROBE / 32 >= PROBE)
+    {
+        return ChunkReply::Raw(bytes);
+    }
     if bytes.len() >= 128
         && let Ok(z) = zstd::bulk::compress(&bytes, 3)
         && z.len() + bytes.len() / 16 < bytes.len()
@@ -91,6 +99,16 @@ mod tests {
         let r = compress(text.clone());
         assert!(matches!(r, ChunkReply::Zstd(_)));
         assert_eq!(decompress(r).expect("some").expect("ok"), text);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let noise: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        assert!(matches!(compress(noise), ChunkReply::Raw(_)));
         let bomb = zstd::bulk::compress(&vec![0u8; limits::MAX_CHUNK + 1], 3).expect("compress");
         assert!(decompress(ChunkReply::Zstd(bomb)).expect("some").is_err());
     }

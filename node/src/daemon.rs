@@ -59,7 +59,7 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     let ttl = cfg.release_ttl;
     let role = cfg.role;
     let parts = Parts { store: store.clone(), cfg, classifier, listen_file: home.listen_addrs(), credential, fleet_key };
-    let (event_loop, handle) = EventLoop::new(swarm, parts);
+    let (event_loop, handle) = EventLoop::new(swarm, parts).context("starting the chunk writer")?;
     let server = Arc::new(control::Server {
         store,
         handle: handle.clone(),

@@ -106,6 +106,7 @@ pub struct EventLoop {
     pub(crate) fetches: BTreeMap<String, Fetch>,
     pub(crate) peers: HashMap<PeerId, LinkClass>,
     pub(crate) site: Site,
+    pub(crate) writer: mpsc::Sender<crate::writer::Incoming>,
     pub(crate) seed_in_flight: usize,
     pub(crate) seed_fetched: u64,
     pub(crate) credential: Option<Credential>,
@@ -125,9 +126,10 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// Create the loop and its handle.
-    pub fn new(swarm: Swarm<Behaviour>, p: Parts) -> (EventLoop, Handle) {
+    pub fn new(swarm: Swarm<Behaviour>, p: Parts) -> std::io::Result<(EventLoop, Handle)> {
         let (tx, commands) = mpsc::channel(64);
-        let (done_tx, done_rx) = mpsc::channel(1024);
+        let (done_tx, done_rx) = mpsc::channel(crate::writer::QUEUE);
+        let writer = crate::writer::spawn(p.store.clone(), done_tx.clone())?;
         let me = *swarm.local_peer_id();
         let lease = p.cfg.lease;
         let configured = p.cfg.site_peers.iter().map(|a| (a.clone(), None)).collect();
@@ -143,6 +145,7 @@ impl EventLoop {
             fetches: BTreeMap::new(),
             peers: HashMap::new(),
             site: Site::new(me, lease),
+            writer,
             seed_in_flight: 0,
             seed_fetched: 0,
             credential: p.credential,
@@ -158,7 +161,7 @@ impl EventLoop {
             peer_fetched: 0,
             configured_peers: configured,
         };
-        (el, Handle { tx })
+        Ok((el, Handle { tx }))
     }
 
     pub(crate) fn seed(&self) -> Option<PeerId> {

@@ -26,6 +26,7 @@ pub mod home;
 mod inbound;
 pub mod sample;
 mod schedule;
+mod writer;
 pub mod site;
 pub mod status;
 // The NetworkBehaviour derive generates an undocumented event enum in this module.

@@ -10,7 +10,8 @@
 //! comes from the seed. Each source gets at most `parallel_requests` requests in flight of up
 //! to 16 chunks each.
 
-use crate::event_loop::{Done, EventLoop, Pending};
+use crate::event_loop::{EventLoop, Pending};
+use crate::writer::Incoming;
 use crate::fetch::Source;
 use crate::site::Fetcher;
 use layerhop_protocol::ChunkId;
@@ -134,26 +135,23 @@ impl EventLoop {
             return;
         }
         for (id, reply) in ids.into_iter().zip(replies) {
-            match crate::codec::decompress(reply) {
-                None => {
-                    if let (Source::Peer(p), Some(f)) = (source, self.fetches.get(&channel)) {
-                        let key = f.key();
-                        self.site.forget(&p, &key, &id);
-                    }
-                    if let Some(f) = self.fetches.get_mut(&channel) {
-                        f.retry(&id, Some(source));
-                    }
+            if matches!(reply, ChunkReply::Missing) {
+                if let (Source::Peer(p), Some(f)) = (source, self.fetches.get(&channel)) {
+                    let key = f.key();
+                    self.site.forget(&p, &key, &id);
                 }
-                Some(bytes) => {
-                    let store = self.store.clone();
-                    let done = self.done_tx.clone();
-                    let channel = channel.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let result = bytes
-                            .map_err(|e| format!("undecodable compressed chunk: {e}"))
-                            .and_then(|b| store.put(&id, &b).map_err(|e| e.to_string()));
-                        let _ = done.blocking_send(Done::Stored { channel, id, result, source });
-                    });
+                if let Some(f) = self.fetches.get_mut(&channel) {
+                    f.retry(&id, Some(source));
+                }
+                continue;
+            }
+            let incoming = Incoming { channel: channel.clone(), id, reply, source };
+            if self.writer.try_send(incoming).is_err() {
+                // Cannot happen while requests in flight stay far below the queue; if it does,
+                // the chunk is simply wanted again.
+                tracing::warn!(chunk = %id, "chunk writer queue full; chunk dropped and wanted again");
+                if let Some(f) = self.fetches.get_mut(&channel) {
+                    f.retry(&id, None);
                 }
             }
         }

@@ -105,8 +105,10 @@ pub struct Artifact {
     pub size: u64,
     /// BLAKE3 of the exported bytes: what a device checks.
     pub blake3: ChunkId,
-    /// SHA-256 of the exported bytes, computed once on the seed (a layer's diff_id).
-    pub sha256: [u8; 32],
+    /// SHA-256 of the exported bytes for layers and configs (their OCI digests, a layer's
+    /// diff_id), computed once on the seed. None for plain files: devices check BLAKE3, and
+    /// SHA-256 costs ten times BLAKE3 on the seed's publish path.
+    pub sha256: Option<[u8; 32]>,
     /// Where its bytes are.
     pub content: Content,
 }
@@ -316,7 +318,7 @@ mod tests {
             kind: ArtifactKind::File,
             size: 6,
             blake3: ChunkId::of(b"model!"),
-            sha256: [7; 32],
+            sha256: None,
             content: Content::File(BlobRef { root: ChunkId::of(b"model!"), len: 6, height: 0 }),
         };
         ReleaseBody {

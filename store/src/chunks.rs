@@ -59,6 +59,41 @@ impl ChunkFiles {
         Ok(())
     }
 
+    /// Store many verified chunks durably with two file-system syncs instead of one fsync per
+    /// chunk: write every temp file, `syncfs` (their bytes are on disk), rename each into
+    /// place, `syncfs` again (the renames are on disk). Per-chunk fsync costs 0.4–1.5 ms on the
+    /// devices' disks we measured, which capped a LAN fetch at ~80 MiB/s; a batch of 64 chunks
+    /// costs two syncs. Returns one result per chunk.
+    pub(crate) fn write_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Vec<Result<()>> {
+        let mut temps = Vec::with_capacity(chunks.len());
+        for (id, bytes) in chunks {
+            let path = self.path(id);
+            let sub = path.parent().unwrap_or(&self.dir).to_owned();
+            let r = std::fs::create_dir_all(&sub)
+                .map_err(Error::io("create directory", &sub))
+                .and_then(|()| tempfile::Builder::new().prefix(".tmp-").tempfile_in(&sub).map_err(Error::io("create temp file in", &sub)))
+                .and_then(|mut tmp| {
+                    tmp.write_all(bytes).map_err(Error::io("write", tmp.path()))?;
+                    Ok(tmp)
+                });
+            temps.push((path, r));
+        }
+        let synced = syncfs(&self.dir);
+        let mut out = Vec::with_capacity(chunks.len());
+        for (path, r) in temps {
+            out.push(match (r, &synced) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(e)) => Err(Error::invalid(self.dir.display().to_string(), format!("syncfs failed: {e}"))),
+                (Ok(tmp), Ok(())) => tmp.persist(&path).map(|_| ()).map_err(|e| Error::Io { op: "rename into", path, source: e.error }),
+            });
+        }
+        if let Err(e) = syncfs(&self.dir) {
+            let msg = e.to_string();
+            return out.into_iter().map(|r| r.and_then(|()| Err(Error::invalid("chunk directory", format!("syncfs failed: {msg}"))))).collect();
+        }
+        out
+    }
+
     /// Read and verify a chunk; a damaged file is quarantined.
     pub(crate) fn read(&self, id: &ChunkId) -> Result<Read> {
         let path = self.path(id);
@@ -105,6 +140,11 @@ impl ChunkFiles {
         Ok(out)
     }
 
+    /// Flush every chunk written so far, and the renames that named them, to disk.
+    pub(crate) fn sync(&self) -> Result<()> {
+        syncfs(&self.dir).map_err(Error::io("syncfs", &self.dir))
+    }
+
     pub(crate) fn remove(&self, id: &ChunkId) -> Result<()> {
         let path = self.path(id);
         match std::fs::remove_file(&path) {
@@ -113,4 +153,13 @@ impl ChunkFiles {
             Err(e) => Err(Error::Io { op: "remove", path, source: e }),
         }
     }
+}
+
+/// Flush the file system holding `dir` to disk (Linux `syncfs`).
+fn syncfs(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = std::fs::File::open(dir)?;
+    // SAFETY: syncfs only reads the descriptor, which `d` keeps open for the call.
+    let rc = unsafe { libc::syncfs(d.as_raw_fd()) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }

@@ -100,11 +100,12 @@ fn tar_entry(out: &mut dyn Write, name: &str, size: u64, body: &mut dyn FnMut(&m
 /// `<diff_id>/layer.tar` per layer (uncompressed, so each layer's sha256 is its diff_id).
 pub fn write_docker_tar(store: &Store, body: &ReleaseBody, img: &Image, out: &mut dyn Write) -> Result<()> {
     let art = |i: u32| body.artifacts.get(i as usize).ok_or_else(|| Error::invalid("release", "image names a missing artifact"));
+    let digest = |a: &Artifact| a.sha256.map(hex::encode).ok_or_else(|| Error::invalid(&a.name, "an image artifact carries no sha256"));
     let config = art(img.config)?;
-    let config_name = format!("{}.json", hex::encode(config.sha256));
+    let config_name = format!("{}.json", digest(config)?);
     let mut layer_names = Vec::new();
     for &l in &img.layers {
-        layer_names.push(format!("{}/layer.tar", hex::encode(art(l)?.sha256)));
+        layer_names.push(format!("{}/layer.tar", digest(art(l)?)?));
     }
     let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": img.repo_tags, "Layers": layer_names }]);
     let manifest = serde_json::to_vec(&manifest).map_err(|e| Error::invalid("manifest.json", e))?;

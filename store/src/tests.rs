@@ -167,3 +167,20 @@ fn chunk_files_the_index_lost_are_adopted_not_refetched() {
     std::fs::write(s.chunk_path(&bad), b"to").expect("write");
     assert!(!s.has(&bad));
 }
+
+#[test]
+fn batch_puts_verify_each_chunk() {
+    let (_d, s) = store();
+    let good = b"good chunk".to_vec();
+    let batch = vec![
+        (ChunkId::of(&good), good.clone()),
+        (ChunkId::of(b"claimed"), b"other bytes".to_vec()),
+        (ChunkId::of(&good), good.clone()),
+    ];
+    let r = s.put_batch(&batch);
+    assert!(r[0].is_ok() && r[2].is_ok());
+    assert!(matches!(r[1], Err(Error::Mismatch { .. })));
+    assert!(s.has(&ChunkId::of(&good)));
+    assert!(!s.has(&ChunkId::of(b"claimed")));
+    assert_eq!(s.get(&ChunkId::of(&good)).expect("get").as_deref(), Some(&good[..]));
+}

@@ -11,9 +11,15 @@
 //! - `b3sum`: the external tool, file warm in the page cache.
 //! - `publish`: `Store::open` + `set_durable(false)` + `import_file` + `Store::sync`, exactly
 //!   what the seed's publish does for one plain file (node/src/control.rs).
-//! - `publish (no sync)`: the same without the final sync, to show what durability costs.
+//! - `publish, no sync`: the same without the final sync, to show what durability costs.
 //! - `blake3 in-process`: `blake3::Hasher` over 1 MiB reads, to check that the yardstick is not
 //!   skewed by something b3sum does (mmap, SIMD dispatch) that the store cannot.
+//!
+//! The store writes one file per chunk (~13,000 per GiB), so the disk's metadata speed shows:
+//! on ext4 without a journal (these machines) creating files is several times slower for a few
+//! minutes after many files were deleted on the same disk (a previous run's cleanup, a test
+//! suite), and the figures swing with it. Leave a few minutes between runs; `--dir /dev/shm`
+//! shows the CPU-bound ceiling.
 //!
 //! Run: `cargo run --release -p layerhop-simulations --bin bench_publish -- --size-mib 1024`.
 

@@ -88,7 +88,7 @@ fn import_dir(store: &Store, dir: &Path, prefix: &Path, out: &mut Imported) -> R
 pub fn import_file(store: &Store, path: &Path, name: String) -> Result<Artifact> {
     let f = std::fs::File::open(path).map_err(Error::io("open", path))?;
     let size = f.metadata().map_err(Error::io("stat", path))?.len();
-    let mut r = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f), true);
+    let mut r = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f), false);
     let mut w = BlobWriter::new(store);
     w.add_file(&mut r, size)?;
     let root = w.finish()?;
@@ -98,7 +98,7 @@ pub fn import_file(store: &Store, path: &Path, name: String) -> Result<Artifact>
         kind: ArtifactKind::File,
         size: d.len,
         blake3: d.blake3,
-        sha256: d.sha256.unwrap_or_default(),
+        sha256: d.sha256,
         content: Content::File(root),
     })
 }
@@ -114,7 +114,7 @@ pub(crate) fn import_bytes(store: &Store, bytes: &[u8], name: String, kind: Arti
         kind,
         size: d.len,
         blake3: d.blake3,
-        sha256: d.sha256.unwrap_or_default(),
+        sha256: d.sha256,
         content: Content::File(blob::write_bytes(store, &all)?),
     })
 }
@@ -161,7 +161,7 @@ pub(crate) fn import_layer(store: &Store, r: Box<dyn Read + '_>, name: String) -
         kind: ArtifactKind::Layer,
         size: d.len,
         blake3: d.blake3,
-        sha256: d.sha256.unwrap_or_default(),
+        sha256: d.sha256,
         content: Content::Tar { columns: column_refs, contents },
     })
 }
@@ -188,10 +188,10 @@ pub(crate) fn check_diff_ids(config: &[u8], layers: &[&Artifact], what: &str) ->
     }
     for (i, (id, layer)) in ids.iter().zip(layers).enumerate() {
         let want = parse_digest(id.as_str().unwrap_or_default())?;
-        if want != layer.sha256 {
+        if Some(want) != layer.sha256 {
             return Err(Error::invalid(
                 what,
-                format!("layer {i}: uncompressed sha256 {} differs from the config's diff_id {}", hex::encode(layer.sha256), hex::encode(want)),
+                format!("layer {i}: uncompressed sha256 {} differs from the config's diff_id {}", hex::encode(layer.sha256.unwrap_or_default()), hex::encode(want)),
             ));
         }
     }

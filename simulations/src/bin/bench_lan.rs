@@ -1,0 +1,195 @@
+//! LAN transfer benchmark: two real nodes on 127.0.0.1 move a release over the LAN path, timed
+//! against a plain TCP copy of the same bytes between two processes, in the same run.
+//!
+//! Set-up (not timed): a seed publishes a release of `--size-mib` MiB of incompressible data
+//! (model weights do not compress) and device A fetches it. Then device B joins the same site:
+//! every chunk is held by A, so B takes all of it over the LAN. Timed: from B's start to B
+//! holding the whole release. Baseline: this binary in `sink` mode on one side of a TCP socket,
+//! this process writing the same file into it. Also reported: B's peak RSS (VmHWM).
+//!
+//! `cargo run --release -p layerhop-simulations --bin bench_lan -- --size-mib 1024`
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Time a LAN transfer between two layerhop nodes against a plain TCP copy.
+#[derive(Parser)]
+struct Args {
+    /// Release size in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Directory for the temporary homes (default: the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The layerhop binary (default: target/release/layerhop beside this benchmark).
+    #[arg(long)]
+    layerhop: Option<PathBuf>,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Internal: act as the TCP sink on this port and print the bytes received.
+    #[arg(long, hide = true)]
+    sink: Option<u16>,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(bin: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin).args(args).output().with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!("layerhop {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn start(bin: &Path, home: &Path) -> Result<Proc> {
+    let log = std::fs::File::create(home.join("node.log"))?;
+    let child = Command::new(bin).args(["run", "--home"]).arg(home).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(log).spawn()?;
+    let p = Proc(child);
+    wait("control socket", Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(home.join("control.sock")).is_ok().then_some(()))?;
+    Ok(p)
+}
+
+fn wait<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn status(bin: &Path, home: &Path) -> Option<serde_json::Value> {
+    let s = run(bin, &["status", "--json", "--home", home.to_str()?]).ok()?;
+    serde_json::from_str(&s).ok()
+}
+
+fn complete(bin: &Path, home: &Path) -> Option<serde_json::Value> {
+    let s = status(bin, home)?;
+    let done = s["releases"].as_array()?.iter().any(|r| r["complete"] == true);
+    done.then_some(s)
+}
+
+fn write_noise(path: &Path, mib: u64) -> Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for c in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf)?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn tcp_copy(me: &Path, file: &Path) -> Result<Duration> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut sink = Proc(Command::new(me).args(["--sink", &port.to_string()]).stdout(Stdio::piped()).spawn()?);
+    let mut conn = wait("the sink", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok())?;
+    let started = Instant::now();
+    let mut f = std::fs::File::open(file)?;
+    std::io::copy(&mut f, &mut conn)?;
+    drop(conn);
+    let mut out = String::new();
+    sink.0.stdout.take().context("sink stdout")?.read_to_string(&mut out)?;
+    let elapsed = started.elapsed();
+    let got: u64 = out.trim().parse().context("sink output")?;
+    if got != std::fs::metadata(file)?.len() {
+        bail!("sink received {got} bytes");
+    }
+    Ok(elapsed)
+}
+
+fn sink(port: u16) -> Result<()> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    let (mut s, _) = l.accept()?;
+    let n = std::io::copy(&mut s, &mut std::io::sink())?;
+    println!("{n}");
+    Ok(())
+}
+
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(port) = args.sink {
+        return sink(port);
+    }
+    let me = std::env::current_exe()?;
+    let bin = args.layerhop.clone().unwrap_or_else(|| me.parent().map(|d| d.join("layerhop")).unwrap_or_default());
+    if !bin.exists() {
+        bail!("{} not found: build it with `cargo build --release -p layerhop-node` or pass --layerhop", bin.display());
+    }
+    let tmp = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let root = tmp.path();
+    let file_dir = root.join("release/models");
+    std::fs::create_dir_all(&file_dir)?;
+    let file = file_dir.join("weights.bin");
+    write_noise(&file, args.size_mib)?;
+    let bytes = args.size_mib << 20;
+    let h = |n: &str| root.join(n).to_string_lossy().into_owned();
+    run(&bin, &["init", "--home", &h("seed"), "--seed", "--listen", "/ip4/127.0.0.1/tcp/0"])?;
+    let _seed = start(&bin, &root.join("seed"))?;
+    wait("seed address", Duration::from_secs(30), || std::fs::read_to_string(root.join("seed/listen-addrs")).ok().filter(|s| !s.is_empty()))?;
+    for d in ["a", "b"] {
+        let token = run(&bin, &["invite", "--home", &h("seed"), "--site", "bench"])?;
+        run(&bin, &["init", "--home", &h(d), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])?;
+    }
+    let _a = start(&bin, &root.join("a"))?;
+    run(&bin, &["publish", "--home", &h("seed"), "--channel", "bench", &file_dir.to_string_lossy()])?;
+    eprintln!("device A fetching {} MiB from the seed (set-up, not timed)", args.size_mib);
+    wait("device A", Duration::from_secs(1800), || complete(&bin, &root.join("a")))?;
+    let tcp = tcp_copy(&me, &file)?;
+    eprintln!("device B fetching over the LAN from A (timed)");
+    let started = Instant::now();
+    let b = start(&bin, &root.join("b"))?;
+    let s = wait("device B", Duration::from_secs(1800), || complete(&bin, &root.join("b")))?;
+    let lan = started.elapsed();
+    let rss = peak_rss(b.0.id());
+    let lan_in = s["traffic"]["lan_in"].as_u64().unwrap_or(0);
+    let metered_in = s["traffic"]["metered_in"].as_u64().unwrap_or(0);
+    let mib_s = |d: Duration| bytes as f64 / (1 << 20) as f64 / d.as_secs_f64();
+    let ratio = tcp.as_secs_f64() / lan.as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"bytes": bytes, "tcp_copy_seconds": tcp.as_secs_f64(), "lan_seconds": lan.as_secs_f64(), "ratio": ratio,
+                "receiver_peak_rss_bytes": rss, "receiver_lan_in": lan_in, "receiver_metered_in": metered_in})
+        );
+    } else {
+        println!("{:<28} {:>9} {:>10}", "", "seconds", "MiB/s");
+        println!("{:<28} {:>9.2} {:>10.1}", "plain TCP copy", tcp.as_secs_f64(), mib_s(tcp));
+        println!("{:<28} {:>9.2} {:>10.1}", "layerhop LAN fetch (B ← A)", lan.as_secs_f64(), mib_s(lan));
+        println!("receiver: lan_in {lan_in} bytes, metered_in {metered_in} bytes, peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64);
+        println!("LAN/TCP speed ratio: {ratio:.2} (goal >= 0.80)");
+    }
+    Ok(())
+}
