@@ -94,7 +94,7 @@ pub fn run(o: &Options) -> Result<()> {
     let exe = std::env::current_exe().context("locating the layerhop binary")?;
     let tmp = tempfile::Builder::new().prefix("layerhop-demo-").tempdir()?;
     let root = tmp.path().to_owned();
-    println!("layerhop demo: 1 seed + {} devices on one site, in {}", o.devices, root.display());
+    println!("layerhop demo: 1 seed + {} devices on one site (127.0.0.1), in {}", o.devices, root.display());
     let mut nodes = Nodes::default();
     let seed = Home::new(root.join("seed"));
     commands::init(&seed, true, None, &["/ip4/127.0.0.1/tcp/0".into()], false)?;
@@ -161,8 +161,9 @@ pub fn run(o: &Options) -> Result<()> {
         );
     }
     println!();
-    println!("note: every device fetched from the seed over its own metered link (no site sharing yet),");
-    println!("so the site total is the per-device figure times {}. docker pull = gzip layers + config + manifest + model.", devices.len());
+    println!("the devices share one site: each chunk crossed the metered link once (fetched by one member,");
+    println!("chosen by rendezvous hash) and went to the others over the LAN; the seed announced each release");
+    println!("to one member, which passed it on. docker pull = gzip layers + config + manifest + model, per device.");
     drop(nodes);
     if o.keep {
         let kept = tmp.keep();
