@@ -44,6 +44,9 @@ mdns = {mdns}
 # Device: addresses of site peers to dial, for LANs without multicast. Default: [].
 site_peers = []
 
+# Device: dial the site peers the seed reports (their advertised listen addresses). Default: true.
+peer_exchange = true
+
 # Device: share chunks with site peers (LAN first, one metered download per site). Default: true.
 site_sharing = true
 
@@ -91,6 +94,8 @@ struct File {
     #[serde(default)]
     site_sharing: Option<bool>,
     #[serde(default)]
+    peer_exchange: Option<bool>,
+    #[serde(default)]
     metered_interfaces: Option<Vec<String>>,
     #[serde(default)]
     lease_secs: Option<u64>,
@@ -137,6 +142,8 @@ pub struct Config {
     pub site_peers: Vec<Multiaddr>,
     /// Share chunks with site peers.
     pub site_sharing: bool,
+    /// Dial the site peers the seed reports.
+    pub peer_exchange: bool,
     /// Interfaces whose links are metered.
     pub metered_interfaces: Vec<String>,
     /// Lease of a silent or stalled site member.
@@ -248,6 +255,7 @@ impl Config {
             mdns: f.mdns.unwrap_or(true),
             site_peers,
             site_sharing: f.site_sharing.unwrap_or(true),
+            peer_exchange: f.peer_exchange.unwrap_or(true),
             metered_interfaces: f.metered_interfaces.unwrap_or_else(|| vec!["wwan0".into(), "ppp0".into()]),
             lease: Duration::from_secs(lease),
             channels,

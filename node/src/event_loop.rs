@@ -437,6 +437,9 @@ impl EventLoop {
 
     /// Dial site members the seed told us about.
     pub(crate) fn on_peers(&mut self, list: Vec<PeerInfo>) {
+        if !self.cfg.peer_exchange || !self.cfg.site_sharing {
+            return;
+        }
         let me = *self.swarm.local_peer_id();
         for info in list {
             let Ok(p) = PeerId::from_bytes(&info.peer) else { continue };
