@@ -12,30 +12,70 @@ use layerhop_protocol::{BlobRef, ChunkId, limits};
 use std::collections::HashSet;
 use std::io::Read;
 
+/// Where a [`BlobWriter`] puts its chunks.
+#[derive(Clone)]
+enum Sink<'a> {
+    /// Straight into the store, on the calling thread.
+    Store(&'a Store),
+    /// To a writer thread (see [`with_writer_thread`]).
+    Thread(std::sync::mpsc::SyncSender<(ChunkId, Vec<u8>)>),
+}
+
+impl Sink<'_> {
+    fn put(&self, id: ChunkId, data: Vec<u8>) -> Result<()> {
+        match self {
+            Sink::Store(s) => s.put_new(&id, &data).map(|_| ()),
+            Sink::Thread(tx) => tx.send((id, data)).map_err(|_| Error::invalid("chunk writer", "stopped early")),
+        }
+    }
+}
+
+/// Run `f` with a chunk writer thread: chunking and hashing stay on the calling thread while
+/// chunk files are written on the other core (publish on a 2-core seed was bound by the two
+/// in turn). The writer's first error is returned if `f` itself succeeded.
+pub fn with_writer_thread<T>(store: &Store, f: impl FnOnce(&mut dyn FnMut() -> BlobWriter<'static>) -> Result<T>) -> Result<T> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(ChunkId, Vec<u8>)>(64);
+        let writer = scope.spawn(move || -> Result<()> {
+            let mut first_error = None;
+            for (id, data) in rx {
+                if let Err(e) = store.put_new(&id, &data) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        });
+        let mut make = || BlobWriter { sink: Sink::Thread(tx.clone()), tree: tree::Builder::new(), error: None };
+        let out = f(&mut make);
+        drop(tx);
+        let written = writer.join().unwrap_or_else(|_| Err(Error::invalid("chunk writer", "panicked")));
+        let out = out?;
+        written?;
+        Ok(out)
+    })
+}
+
 /// Builds one blob from files and byte strings appended in order.
 pub struct BlobWriter<'a> {
-    store: &'a Store,
+    sink: Sink<'a>,
     tree: tree::Builder,
     error: Option<Error>,
-    /// Bytes of chunks that were new to the store.
-    pub new_bytes: u64,
 }
 
 impl<'a> BlobWriter<'a> {
-    /// Start a blob in `store`.
+    /// Start a blob in `store`, written on the calling thread.
     pub fn new(store: &'a Store) -> Self {
-        BlobWriter { store, tree: tree::Builder::new(), error: None, new_bytes: 0 }
+        BlobWriter { sink: Sink::Store(store), tree: tree::Builder::new(), error: None }
     }
 
-    fn put_leaf(&mut self, data: &[u8]) -> Result<()> {
-        let id = ChunkId::of(data);
-        if self.store.put_new(&id, data)? {
-            self.new_bytes += data.len() as u64;
-        }
-        let store = self.store;
+    fn put_leaf(&mut self, data: Vec<u8>) -> Result<()> {
+        let id = ChunkId::of(&data);
+        let len = data.len() as u64;
+        self.sink.put(id, data)?;
+        let sink = &self.sink;
         let error = &mut self.error;
-        self.tree.push(id, data.len() as u64, &mut |nid, bytes| {
-            if let Err(e) = store.put_new(&nid, &bytes) {
+        self.tree.push(id, len, &mut |nid, bytes| {
+            if let Err(e) = sink.put(nid, bytes) {
                 error.get_or_insert(e);
             }
         });
@@ -45,7 +85,7 @@ impl<'a> BlobWriter<'a> {
     /// Append `bytes` as one file.
     pub fn add_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         if bytes.len() as u64 <= limits::SINGLE_CHUNK_FILE {
-            return self.put_leaf(bytes);
+            return self.put_leaf(bytes.to_vec());
         }
         self.add_file(&mut &bytes[..], bytes.len() as u64)
     }
@@ -61,14 +101,14 @@ impl<'a> BlobWriter<'a> {
             if buf.len() as u64 != size {
                 return Err(Error::invalid("file contents", format!("ended after {} of {size} bytes", buf.len())));
             }
-            return self.put_leaf(&buf);
+            return self.put_leaf(buf);
         }
         let mut read = 0u64;
         let cdc = fastcdc::v2020::StreamCDC::new(r.take(size), limits::CDC_MIN as usize, limits::CDC_AVG as usize, limits::CDC_MAX as usize);
         for chunk in cdc {
             let chunk = chunk.map_err(|e| Error::invalid("file contents", e))?;
             read += chunk.length as u64;
-            self.put_leaf(&chunk.data)?;
+            self.put_leaf(chunk.data)?;
         }
         if read != size {
             return Err(Error::invalid("file contents", format!("ended after {read} of {size} bytes")));
@@ -78,10 +118,10 @@ impl<'a> BlobWriter<'a> {
 
     /// Close the blob and return its root.
     pub fn finish(mut self) -> Result<BlobRef> {
-        let store = self.store;
+        let sink = &self.sink;
         let error = &mut self.error;
         let root = self.tree.finish(&mut |nid, bytes| {
-            if let Err(e) = store.put_new(&nid, &bytes) {
+            if let Err(e) = sink.put(nid, bytes) {
                 error.get_or_insert(e);
             }
         });

@@ -10,7 +10,7 @@
 mod docker;
 mod oci;
 
-use crate::blob::{self, BlobWriter};
+use crate::blob;
 use crate::error::{Error, Result};
 use crate::hashing::HashingReader;
 use crate::{Store, tarsplit};
@@ -89,9 +89,11 @@ pub fn import_file(store: &Store, path: &Path, name: String) -> Result<Artifact>
     let f = std::fs::File::open(path).map_err(Error::io("open", path))?;
     let size = f.metadata().map_err(Error::io("stat", path))?.len();
     let mut r = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f), false);
-    let mut w = BlobWriter::new(store);
-    w.add_file(&mut r, size)?;
-    let root = w.finish()?;
+    let root = blob::with_writer_thread(store, |writer| {
+        let mut w = writer();
+        w.add_file(&mut r, size)?;
+        w.finish()
+    })?;
     let d = r.finish();
     Ok(Artifact {
         name,
@@ -145,16 +147,19 @@ fn decompress<'a>(mut r: Box<dyn Read + 'a>, what: &str) -> Result<Box<dyn Read 
 pub(crate) fn import_layer(store: &Store, r: Box<dyn Read + '_>, name: String) -> Result<Artifact> {
     let tar = decompress(r, &name)?;
     let mut hashed = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, tar), true);
-    let mut contents = BlobWriter::new(store);
-    let columns = tarsplit::split(&mut hashed, |size, file| {
-        contents.add_file(file, size).map_err(std::io::Error::other)
-    })
-    .map_err(|e| Error::invalid(&name, e))?;
-    let contents = contents.finish()?;
-    let mut column_refs = Vec::new();
-    for part in columns.into_parts() {
-        column_refs.push(blob::write_bytes(store, &part)?);
-    }
+    let (contents, column_refs) = blob::with_writer_thread(store, |writer| {
+        let mut contents = writer();
+        let columns = tarsplit::split(&mut hashed, |size, file| contents.add_file(file, size).map_err(std::io::Error::other))
+            .map_err(|e| Error::invalid(&name, e))?;
+        let contents = contents.finish()?;
+        let mut column_refs = Vec::new();
+        for part in columns.into_parts() {
+            let mut w = writer();
+            w.add_bytes(&part)?;
+            column_refs.push(w.finish()?);
+        }
+        Ok((contents, column_refs))
+    })?;
     let d = hashed.finish();
     Ok(Artifact {
         name,
