@@ -120,6 +120,7 @@ pub struct EventLoop {
     pub(crate) last_state: Instant,
     pub(crate) state_dirty: bool,
     pub(crate) peer_fetched: u64,
+    pub(crate) strikes: crate::strikes::Strikes,
     /// Site peers from the config, with the peer id found at each address once connected.
     configured_peers: HashMap<Multiaddr, Option<PeerId>>,
 }
@@ -159,6 +160,7 @@ impl EventLoop {
             last_state: Instant::now(),
             state_dirty: false,
             peer_fetched: 0,
+            strikes: Default::default(),
             configured_peers: configured,
         };
         Ok((el, Handle { tx }))
@@ -305,6 +307,11 @@ impl EventLoop {
                 let _ = std::fs::write(&self.listen_file, text);
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                if self.strikes.is_banned(&peer_id, Instant::now()) {
+                    tracing::warn!(peer = %peer_id, "banned peer connected; closing");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
                 let class = self.classifier.class_of(&endpoint);
                 tracing::info!(peer = %peer_id, link = ?class, "connected");
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint
@@ -368,6 +375,11 @@ impl EventLoop {
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!(%peer, %error, "request failed");
+                // A malformed or oversized answer, or one that ran out its deadline (a trickle),
+                // is the peer's fault; a closed connection or a failed dial is not.
+                if matches!(error, request_response::OutboundFailure::Io(_) | request_response::OutboundFailure::Timeout) {
+                    self.strike(peer, &error.to_string());
+                }
                 match self.pending.remove(&request_id) {
                     Some(Pending::Chunks { channel, ids, source }) => {
                         self.request_done(source);
@@ -435,6 +447,21 @@ impl EventLoop {
         self.pump();
     }
 
+    /// Count a fault against `peer`; the third within the window bans it (never the seed).
+    pub(crate) fn strike(&mut self, peer: PeerId, reason: &str) {
+        if Some(peer) == self.seed() {
+            tracing::warn!(%peer, reason, "the seed misbehaved");
+            return;
+        }
+        if self.strikes.strike(peer, Instant::now()) {
+            tracing::warn!(%peer, reason, "peer banned after repeated faults");
+            self.site.leave(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        } else {
+            tracing::warn!(%peer, reason, "peer struck");
+        }
+    }
+
     /// Dial site members the seed told us about.
     pub(crate) fn on_peers(&mut self, list: Vec<PeerInfo>) {
         if !self.cfg.peer_exchange || !self.cfg.site_sharing {
@@ -463,6 +490,9 @@ impl EventLoop {
                     Ok(()) => true,
                     Err(reason) => {
                         tracing::warn!(source = ?source, chunk = %id, %reason, "received a bad chunk; discarded");
+                        if let Source::Peer(p) = source {
+                            self.strike(p, &reason);
+                        }
                         false
                     }
                 };

@@ -29,6 +29,7 @@ mod schedule;
 mod writer;
 pub mod site;
 pub mod status;
+pub mod strikes;
 // The NetworkBehaviour derive generates an undocumented event enum in this module.
 #[allow(missing_docs)]
 pub mod swarm;

@@ -127,6 +127,9 @@ impl EventLoop {
     pub(crate) fn on_chunks(&mut self, channel: String, ids: Vec<ChunkId>, replies: Vec<ChunkReply>, source: Source) {
         if replies.len() != ids.len() {
             tracing::warn!(?source, asked = ids.len(), got = replies.len(), "chunk reply count does not match the request");
+            if let Source::Peer(p) = source {
+                self.strike(p, "chunk reply count does not match the request");
+            }
             if let Some(f) = self.fetches.get_mut(&channel) {
                 for id in &ids {
                     f.retry(id, Some(source));
