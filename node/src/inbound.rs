@@ -141,6 +141,9 @@ impl EventLoop {
                 if new {
                     tracing::info!(%peer, "site peer joined");
                     self.send_full_state(peer);
+                    // Learn the releases it holds: the seed may be out of reach, and a release
+                    // announced before this node joined reaches it only this way.
+                    self.send(&peer, Request::Releases, crate::event_loop::Pending::Releases);
                 }
             }
         }

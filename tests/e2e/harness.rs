@@ -58,6 +58,21 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// A node whose home is `home` (initialized or not), not running.
+    pub(crate) fn new(home: PathBuf) -> Node {
+        Node { home, child: None }
+    }
+
+    /// Replace a top-level key's line in the node's config.toml.
+    pub(crate) fn set_config(&self, key: &str, value: &str) {
+        let path = self.home.join("config.toml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let prefix = format!("{key} =");
+        assert!(text.lines().any(|l| l.starts_with(&prefix)), "config has no key {key}");
+        let out: String = text.lines().map(|l| if l.starts_with(&prefix) { format!("{key} = {value}\n") } else { format!("{l}\n") }).collect();
+        std::fs::write(&path, out).expect("write config");
+    }
+
     /// The home as a CLI argument.
     pub(crate) fn home_arg(&self) -> &str {
         self.home.to_str().expect("utf-8 temp path")
@@ -177,11 +192,19 @@ impl Cluster {
     pub(crate) fn add_device(&mut self, site: &str) -> usize {
         let token = cli_ok(&["invite", "--home", self.seed.home_arg(), "--site", site]);
         let i = self.devices.len();
-        let mut d = Node { home: self.dir.path().join(format!("device-{i}")), child: None };
+        let mut d = Node::new(self.dir.path().join(format!("device-{i}")));
         cli_ok(&["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
         d.start();
         self.devices.push(d);
         i
+    }
+
+    /// Enroll a device of `site` in a home named `name`, without starting it.
+    pub(crate) fn enroll(&self, site: &str, name: &str) -> Node {
+        let token = cli_ok(&["invite", "--home", self.seed.home_arg(), "--site", site]);
+        let d = Node::new(self.dir.path().join(name));
+        cli_ok(&["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+        d
     }
 
     /// Publish and return the new version.

@@ -7,3 +7,4 @@ mod harness;
 mod issue2_foundation;
 mod issue2_trust;
 mod issue3_site;
+mod issue5_faults;
