@@ -45,6 +45,10 @@ pub enum Cmd {
         /// Do not look for site peers by mDNS (sets `mdns = false`).
         #[arg(long)]
         no_mdns: bool,
+        /// Address of the registry mirror container engines pull through ("HOST:PORT", port 0
+        /// for an ephemeral one), or "off". Default: 127.0.0.1:5000.
+        #[arg(long, value_name = "ADDR")]
+        registry: Option<String>,
     },
     /// Seed: print a join token for a new device.
     Invite {
@@ -114,6 +118,23 @@ pub enum Cmd {
         home: HomeArg,
         /// A `.release` file.
         release: PathBuf,
+    },
+    /// Print (or write) the container engine config that makes it pull through this node's
+    /// registry mirror: docker/moby daemon.json, or containerd hosts.toml files.
+    MirrorConfig {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// The engine: docker (also moby under IoT Edge) or containerd.
+        #[arg(value_enum)]
+        engine: crate::registry::mirror_config::Engine,
+        /// Write the files (atomically) instead of printing them; docker's other settings are kept.
+        #[arg(long)]
+        write: bool,
+        /// docker: the daemon.json to update (default /etc/docker/daemon.json); containerd: the
+        /// hosts directory (default /etc/containerd/certs.d).
+        #[arg(long)]
+        path: Option<PathBuf>,
     },
     /// Run a seed and a site of devices on this machine and show what crosses the metered link.
     Demo {

@@ -13,8 +13,15 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
 }
 
-/// `layerhop init`.
+/// `layerhop init` with the default registry address.
 pub fn init(home: &Home, seed: bool, join: Option<&str>, listen: &[String], mdns: bool) -> Result<String> {
+    init_with_registry(home, seed, join, listen, mdns, None)
+}
+
+/// `layerhop init`; `registry` is `init --registry` ("HOST:PORT" or "off"; None: the default).
+pub fn init_with_registry(home: &Home, seed: bool, join: Option<&str>, listen: &[String], mdns: bool, registry: Option<&str>) -> Result<String> {
+    let registry = registry.unwrap_or(crate::registry::DEFAULT_ADDR);
+    config::parse_registry(registry).context("--registry")?;
     if home.config().exists() {
         bail!("{} already exists: this home is initialized", home.config().display());
     }
@@ -43,6 +50,7 @@ pub fn init(home: &Home, seed: bool, join: Option<&str>, listen: &[String], mdns
             publisher_key: &publisher.public().to_hex(),
             fleet_key: &fleet.public().to_hex(),
             mdns: false,
+            registry,
         })
     } else {
         let t = token.ok_or_else(|| anyhow!("pass --seed or --join TOKEN"))?;
@@ -57,6 +65,7 @@ pub fn init(home: &Home, seed: bool, join: Option<&str>, listen: &[String], mdns
             publisher_key: &t.publisher.to_hex(),
             fleet_key: &t.fleet.to_hex(),
             mdns,
+            registry,
         })
     };
     Config::parse(&text).context("the generated config does not validate")?;

@@ -69,6 +69,14 @@ parallel_requests = 8
 
 # Seconds before an unanswered request is given up and retried elsewhere. Default: 30.
 request_timeout_secs = 30
+
+# The registry mirror (OCI distribution API, pull side) the container engine pulls through:
+# "HOST:PORT" to listen on, or "off". Default: "127.0.0.1:5000". See `layerhop mirror-config`.
+registry = "{registry}"
+
+# Seconds a registry blob request waits for chunks still being fetched; 0 answers 404 at once
+# (the engine then falls back to its upstream registry). Default: 0.
+registry_wait_secs = 0
 "#;
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -107,6 +115,10 @@ struct File {
     parallel_requests: Option<usize>,
     #[serde(default)]
     request_timeout_secs: Option<u64>,
+    #[serde(default)]
+    registry: Option<String>,
+    #[serde(default)]
+    registry_wait_secs: Option<u64>,
 }
 
 /// A node's role.
@@ -156,6 +168,18 @@ pub struct Config {
     pub parallel_requests: usize,
     /// Per-request deadline.
     pub request_timeout: Duration,
+    /// Where the registry mirror listens; None when it is off.
+    pub registry: Option<std::net::SocketAddr>,
+    /// How long a registry blob request waits for missing chunks (zero: 404 at once).
+    pub registry_wait: Duration,
+}
+
+/// A `registry` value: "off", or an address to listen on ("HOST:PORT", an IP host).
+pub fn parse_registry(v: &str) -> Result<Option<std::net::SocketAddr>> {
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|_| anyhow!("{v:?} is neither \"off\" nor an IP address with a port (like \"127.0.0.1:5000\")"))
 }
 
 fn parse_key(hex_key: &str) -> Result<PublicKey> {
@@ -240,6 +264,11 @@ impl Config {
         if !(1..=3600).contains(&timeout) {
             bail!("key `request_timeout_secs`: {timeout} is not between 1 and 3600");
         }
+        let registry = parse_registry(f.registry.as_deref().unwrap_or(crate::registry::DEFAULT_ADDR)).context("key `registry`")?;
+        let registry_wait = f.registry_wait_secs.unwrap_or(0);
+        if registry_wait > 3600 {
+            bail!("key `registry_wait_secs`: {registry_wait} is not between 0 and 3600");
+        }
         let ttl = f.release_ttl_days.unwrap_or(30);
         if !(1..=3650).contains(&ttl) {
             bail!("key `release_ttl_days`: {ttl} is not between 1 and 3650");
@@ -262,6 +291,8 @@ impl Config {
             release_ttl: Duration::from_secs(ttl * 86_400),
             parallel_requests,
             request_timeout: Duration::from_secs(timeout),
+            registry,
+            registry_wait: Duration::from_secs(registry_wait),
         })
     }
 
@@ -289,6 +320,8 @@ pub struct TemplateValues<'a> {
     pub fleet_key: &'a str,
     /// Whether mDNS is on.
     pub mdns: bool,
+    /// The registry address or "off".
+    pub registry: &'a str,
 }
 
 /// Render the config file for `layerhop init`.
@@ -303,6 +336,7 @@ pub fn render(v: &TemplateValues<'_>) -> String {
         .replace("{publisher_key}", v.publisher_key)
         .replace("{fleet_key}", v.fleet_key)
         .replace("{mdns}", if v.mdns { "true" } else { "false" })
+        .replace("{registry}", v.registry)
 }
 
 #[cfg(test)]
@@ -311,7 +345,7 @@ mod tests {
 
     #[test]
     fn template_parses_and_errors_name_their_key() {
-        let seed = render(&TemplateValues { role: "seed", site: "default", listen: &[], seed_addrs: &[], seed_peer: "", publisher_key: "", fleet_key: "", mdns: true });
+        let seed = render(&TemplateValues { role: "seed", site: "default", listen: &[], seed_addrs: &[], seed_peer: "", publisher_key: "", fleet_key: "", mdns: true, registry: "127.0.0.1:5000" });
         let c = Config::parse(&seed).expect("seed config");
         assert_eq!(c.listen[0].to_string(), "/ip4/0.0.0.0/tcp/7410");
         let err = format!("{:#}", Config::parse("role = \"seed\"\nparallel_requests = 0").expect_err("bad"));
@@ -321,5 +355,17 @@ mod tests {
         let err = format!("{:#}", Config::parse("role = \"seed\"\nlisten = [\"nope\"]").expect_err("bad"));
         assert!(err.contains("listen"), "{err}");
         assert!(Config::parse("role = \"seed\"\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn registry_key() {
+        let c = Config::parse("role = \"seed\"").expect("defaults");
+        assert_eq!(c.registry, Some("127.0.0.1:5000".parse().expect("addr")));
+        assert!(c.registry_wait.is_zero());
+        assert_eq!(Config::parse("role = \"seed\"\nregistry = \"off\"").expect("off").registry, None);
+        let err = format!("{:#}", Config::parse("role = \"seed\"\nregistry = \"localhost\"").expect_err("bad"));
+        assert!(err.contains("registry"), "{err}");
+        let err = format!("{:#}", Config::parse("role = \"seed\"\nregistry_wait_secs = 99999").expect_err("bad"));
+        assert!(err.contains("registry_wait_secs"), "{err}");
     }
 }

@@ -56,6 +56,7 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     };
     let peer_id = *swarm.local_peer_id();
     let listener = control::bind(&home.control_socket()).await?;
+    let registry = crate::registry::start(&cfg, home, store.clone(), verify_key).await;
     let ttl = cfg.release_ttl;
     let role = cfg.role;
     let parts = Parts { store: store.clone(), cfg, classifier, listen_file: home.listen_addrs(), credential, fleet_key };
@@ -77,6 +78,9 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     }
     handle.call(Command::Shutdown).await;
     control_task.abort();
+    if let Some(r) = registry {
+        r.stop();
+    }
     let _ = std::fs::remove_file(home.control_socket());
     let _ = std::fs::remove_file(home.listen_addrs());
     Ok(())

@@ -5,6 +5,7 @@
 //! - [`traffic`]: per-link byte accounting on the raw TCP streams (metered vs LAN).
 //! - [`fetch`]: what a device still needs of a release; [`accept`]: whether it trusts one.
 //! - [`control`]: the daemon's local control socket; [`commands`]: the CLI's subcommands.
+//! - [`registry`]: the OCI registry mirror container engines pull through.
 //! - [`sample`]: generated images and models for the demo, the tests and the simulations.
 //!
 //! Errors: library-level pieces with callers that branch on the cause ([`accept::Refusal`])
@@ -24,6 +25,7 @@ pub mod event_loop;
 pub mod fetch;
 pub mod home;
 mod inbound;
+pub mod registry;
 pub mod sample;
 mod schedule;
 mod writer;

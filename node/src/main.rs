@@ -24,9 +24,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {
-        Cmd::Init { home, seed, join, listen, no_mdns } => {
-            println!("{}", commands::init(&Home::new(home.home), seed, join.as_deref(), &listen, !no_mdns)?)
-        }
+        Cmd::Init { home, seed, join, listen, no_mdns, registry } => println!(
+            "{}",
+            commands::init_with_registry(&Home::new(home.home), seed, join.as_deref(), &listen, !no_mdns, registry.as_deref())?
+        ),
         Cmd::Invite { home, site, addr } => println!("{}", commands::invite(&Home::new(home.home), &site, &addr)?),
         Cmd::Run { home } => tokio::runtime::Runtime::new()?.block_on(daemon::run(&Home::new(home.home)))?,
         Cmd::Publish { home, channel, version, ttl_secs, sources } => {
@@ -42,6 +43,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Export { home, channel, out } => print_json(&commands::export(&Home::new(home.home), &channel, &out)?)?,
         Cmd::Offer { home, release } => print_json(&commands::offer(&Home::new(home.home), &release)?)?,
+        Cmd::MirrorConfig { home, engine, write, path } => {
+            println!("{}", layerhop_node::registry::mirror_config::run(&Home::new(home.home), engine, write, path.as_deref())?)
+        }
         Cmd::Demo { devices, files, deps_mib, keep } => demo::run(&demo::Options { devices, files, deps_mib, keep })?,
     }
     Ok(())

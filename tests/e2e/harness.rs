@@ -176,7 +176,8 @@ impl Cluster {
     pub(crate) fn start(n: usize, site: &str) -> Cluster {
         let dir = tempfile::Builder::new().prefix("lh-").tempdir().expect("tempdir");
         let mut seed = Node { home: dir.path().join("seed"), child: None };
-        cli_ok(&["init", "--home", seed.home_arg(), "--seed", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+        // Registry mirrors off unless a test asks for one: many nodes share this host.
+        cli_ok(&["init", "--home", seed.home_arg(), "--seed", "--listen", "/ip4/127.0.0.1/tcp/0", "--registry", "off"]);
         seed.start();
         let listen = seed.home.join("listen-addrs");
         wait_for("the seed's listen address", Duration::from_secs(30), || std::fs::read_to_string(&listen).ok().filter(|s| !s.trim().is_empty()))
@@ -190,10 +191,20 @@ impl Cluster {
 
     /// Enroll and start one more device.
     pub(crate) fn add_device(&mut self, site: &str) -> usize {
+        self.add_device_with(site, &[])
+    }
+
+    /// Enroll and start one more device, passing `extra` to its `init` (e.g. `--registry ADDR`).
+    pub(crate) fn add_device_with(&mut self, site: &str, extra: &[&str]) -> usize {
         let token = cli_ok(&["invite", "--home", self.seed.home_arg(), "--site", site]);
         let i = self.devices.len();
-        let mut d = Node::new(self.dir.path().join(format!("device-{i}")));
-        cli_ok(&["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+        let mut d = Node { home: self.dir.path().join(format!("device-{i}")), child: None };
+        let mut args = vec!["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--registry") {
+            args.extend_from_slice(&["--registry", "off"]);
+        }
+        cli_ok(&args);
         d.start();
         self.devices.push(d);
         i
@@ -203,7 +214,7 @@ impl Cluster {
     pub(crate) fn enroll(&self, site: &str, name: &str) -> Node {
         let token = cli_ok(&["invite", "--home", self.seed.home_arg(), "--site", site]);
         let d = Node::new(self.dir.path().join(name));
-        cli_ok(&["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+        cli_ok(&["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--registry", "off"]);
         d
     }
 
