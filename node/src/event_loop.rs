@@ -254,9 +254,12 @@ impl EventLoop {
 
     fn dial(&mut self, peer: Option<PeerId>, addrs: Vec<Multiaddr>) {
         let opts = match peer {
-            Some(p) => libp2p::swarm::dial_opts::DialOpts::peer_id(p).addresses(addrs).build(),
+            // A fresh source port: two devices that find each other by mDNS in the same instant
+            // would otherwise reuse their listen ports, merge both dials into one TCP connection
+            // with two noise initiators, and fail (seen in the netns testbed).
+            Some(p) => libp2p::swarm::dial_opts::DialOpts::peer_id(p).addresses(addrs).allocate_new_port().build(),
             None => match addrs.into_iter().next() {
-                Some(a) => libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(a).build(),
+                Some(a) => libp2p::swarm::dial_opts::DialOpts::unknown_peer_id().address(a).allocate_new_port().build(),
                 None => return,
             },
         };

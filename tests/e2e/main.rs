@@ -11,3 +11,4 @@ mod issue4_engines;
 mod issue4_registry;
 mod issue4_releases;
 mod issue5_faults;
+mod issue6_netns;
