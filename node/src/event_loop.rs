@@ -504,7 +504,10 @@ impl EventLoop {
                         f.landed(id);
                         self.state_dirty = true;
                         match source {
-                            Source::Seed => self.seed_fetched += 1,
+                            Source::Seed => {
+                                self.seed_fetched += 1;
+                                self.site.note_my_progress(Instant::now());
+                            }
                             Source::Peer(_) => self.peer_fetched += 1,
                         }
                     } else {

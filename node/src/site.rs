@@ -55,6 +55,10 @@ pub struct Member {
 pub struct Site {
     me: PeerId,
     lease: Duration,
+    /// When this node last received a chunk from the seed. Members share the site's uplink: if
+    /// this node made no seed progress either, a member's lack of progress is the link's fault
+    /// (an outage), not the member's, and handing its chunks to others would fetch them twice.
+    my_progress: Option<Instant>,
     members: HashMap<PeerId, Member>,
     /// Grows whenever membership or liveness may have changed; fetch decisions cached under an
     /// older epoch are recomputed.
@@ -86,7 +90,7 @@ pub fn score(id: &ChunkId, peer: &PeerId) -> u64 {
 impl Site {
     /// An empty site for node `me`; members expire after `lease` of silence.
     pub fn new(me: PeerId, lease: Duration) -> Self {
-        Site { me, lease, members: HashMap::new(), epoch: 0 }
+        Site { me, lease, my_progress: None, members: HashMap::new(), epoch: 0 }
     }
 
     /// A peer proved it is an enrolled member of this site.
@@ -160,24 +164,30 @@ impl Site {
         }
     }
 
+    /// This node received a chunk from the seed.
+    pub fn note_my_progress(&mut self, now: Instant) {
+        self.my_progress = Some(now);
+    }
+
     /// Drop members whose lease ran out; returns whether any did.
     pub fn expire(&mut self) -> bool {
         let now = Instant::now();
-        let lease = self.lease;
-        let stale = self.members.values().any(|m| !Self::alive(m, now, lease));
+        let stale = self.members.values().any(|m| !self.alive(m, now));
         if stale {
             self.epoch += 1;
         }
         stale
     }
 
-    fn alive(m: &Member, now: Instant, lease: Duration) -> bool {
-        now.duration_since(m.last_heard) < lease && (m.seed_pending == 0 || now.duration_since(m.last_progress) < lease)
+    fn alive(&self, m: &Member, now: Instant) -> bool {
+        let link_ok = self.my_progress.is_some_and(|t| now.duration_since(t) < self.lease);
+        now.duration_since(m.last_heard) < self.lease
+            && (m.seed_pending == 0 || now.duration_since(m.last_progress) < self.lease || !link_ok)
     }
 
     /// Whether a member is live now.
     pub fn live(&self, peer: &PeerId) -> bool {
-        self.members.get(peer).is_some_and(|m| Self::alive(m, Instant::now(), self.lease))
+        self.members.get(peer).is_some_and(|m| self.alive(m, Instant::now()))
     }
 
     /// Live members holding `id` of `release`.
@@ -185,7 +195,7 @@ impl Site {
         let s = short_id(id);
         let now = Instant::now();
         self.members.iter().filter(move |(_, m)| {
-            Self::alive(m, now, self.lease) && m.haves.get(release).is_some_and(|h| h.complete || h.ids.contains(&s))
+            self.alive(m, now) && m.haves.get(release).is_some_and(|h| h.complete || h.ids.contains(&s))
         })
     }
 
@@ -195,7 +205,7 @@ impl Site {
         let now = Instant::now();
         self.members
             .values()
-            .any(|m| Self::alive(m, now, self.lease) && m.haves.get(release).is_some_and(|h| h.claims.contains(&s)))
+            .any(|m| self.alive(m, now) && m.haves.get(release).is_some_and(|h| h.claims.contains(&s)))
     }
 
     /// Who fetches `id` from the seed: the highest rendezvous score among this node (if it has
@@ -207,7 +217,7 @@ impl Site {
         let now = Instant::now();
         let mut best: Option<(u64, Fetcher)> = my_uplink.then(|| (score(id, &self.me), Fetcher::Me));
         for (p, m) in &self.members {
-            if !m.uplink || !Self::alive(m, now, self.lease) || !(assume_all || m.haves.contains_key(release)) {
+            if !m.uplink || !self.alive(m, now) || !(assume_all || m.haves.contains_key(release)) {
                 continue;
             }
             let s = score(id, p);
@@ -316,6 +326,27 @@ mod tests {
         // Eleven seconds of silence, without waiting for them.
         s.member_mut(&other).expect("member").last_heard -= Duration::from_secs(11);
         assert!(s.expire());
+        assert_eq!(s.fetcher(&release, &theirs, true, false), Fetcher::Me);
+    }
+
+    #[test]
+    fn a_member_stalled_with_everyone_keeps_its_chunks() {
+        let me = PeerId::random();
+        let other = PeerId::random();
+        let release: ReleaseKey = ("models".into(), 1);
+        let mut s = Site::new(me, Duration::from_secs(10));
+        s.join(other, vec![]);
+        let mut st = state(&release, vec![], vec![]);
+        st.seed_pending = 3;
+        s.on_state(&other, st);
+        let theirs = (0..100u32).map(|i| ChunkId::of(&i.to_le_bytes())).find(|id| s.fetcher(&release, id, true, false) != Fetcher::Me).expect("some chunk is theirs");
+        // It still talks but its seed downloads made no progress for 11 s.
+        s.member_mut(&other).expect("member").last_progress -= Duration::from_secs(11);
+        // This node made none either (the shared uplink is down): the member keeps its chunks.
+        assert_ne!(s.fetcher(&release, &theirs, true, false), Fetcher::Me);
+        // This node is making progress: the member alone is stuck, its chunks move.
+        s.note_my_progress(Instant::now());
+        assert_eq!(s.fetcher(&release, &theirs, true, false), Fetcher::Me);
         assert_eq!(s.fetcher(&release, &theirs, true, false), Fetcher::Me);
     }
 }
