@@ -1,7 +1,9 @@
 //! Strikes and bans for misbehaving peers.
 //!
-//! A peer that sends bytes that do not match the chunk id asked for, a malformed or oversized
-//! response, or lets a request run into its deadline (a trickle) gets a strike. Three strikes
+//! A peer that sends bytes that do not match the chunk id asked for, or a malformed or
+//! oversized response, gets a strike. A request that runs into its deadline (a trickle, or
+//! just an overloaded peer) is retried elsewhere but not struck: timeouts alone banned honest
+//! peers on loaded hosts. Three strikes
 //! within the strike window ban it for the ban period: its connections are closed, new ones
 //! are dropped as soon as they are established, and nothing is asked of it. The seed is never
 //! banned (there is no other source for what only it holds); its faults are logged.
