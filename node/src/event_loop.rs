@@ -494,7 +494,11 @@ impl EventLoop {
                     Ok(()) => true,
                     Err(reason) => {
                         tracing::warn!(source = ?source, chunk = %id, %reason, "received a bad chunk; discarded");
-                        if let Source::Peer(p) = source {
+                        // Only what the peer provably did wrong counts: bytes that do not match
+                        // their id, or compressed data that does not decode. A local disk error
+                        // (a full disk, too many open files) is not the sender's fault.
+                        let peer_fault = reason.contains("does not match") || reason.starts_with("undecodable");
+                        if let (Source::Peer(p), true) = (source, peer_fault) {
                             self.strike(p, &reason);
                         }
                         false
