@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The binary under test, built once per test run (a no-op when it is fresh).
 pub(crate) fn binary() -> &'static Path {
@@ -36,19 +36,8 @@ pub(crate) fn cli_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Poll `f` until it returns `Some`, or fail naming `what` after `limit`.
-pub(crate) fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// Poll `f` until it returns `Some`, or fail naming `what` after `limit` (the demo's poller).
+pub(crate) use layerhop_node::demo::wait_for;
 
 /// One node: a home and, while running, its process.
 pub(crate) struct Node {
