@@ -71,10 +71,13 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     });
     tracing::info!(%peer_id, ?role, home = %home.root().display(), "layerhop node started");
     let control_task = tokio::spawn(server.serve(listener));
-    let loop_task = tokio::spawn(event_loop.run());
+    let mut loop_task = tokio::spawn(event_loop.run());
+    // Dropping this future (a caller aborting the node) stops the node's tasks too, instead of
+    // leaving its swarm and sockets running detached.
+    let _guard = AbortOnDrop(vec![control_task.abort_handle(), loop_task.abort_handle()]);
     tokio::select! {
         _ = stop => {}
-        _ = loop_task => tracing::info!("event loop stopped"),
+        _ = &mut loop_task => tracing::info!("event loop stopped"),
     }
     handle.call(Command::Shutdown).await;
     control_task.abort();
@@ -84,4 +87,15 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     let _ = std::fs::remove_file(home.control_socket());
     let _ = std::fs::remove_file(home.listen_addrs());
     Ok(())
+}
+
+/// Aborts the node's tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
 }

@@ -27,6 +27,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// How long the higher peer id of a pair waits for the lower one to dial before dialing itself.
+const DEFERRED_DIAL: Duration = Duration::from_secs(10);
+
+/// While events keep arriving, the pump still runs this often.
+const PUMP_AT_LEAST_EVERY: Duration = Duration::from_millis(20);
+
 /// Requests to the event loop.
 #[derive(Debug)]
 pub enum Command {
@@ -65,7 +71,9 @@ pub(crate) enum Pending {
 }
 
 pub(crate) enum Done {
-    Stored { channel: String, id: ChunkId, result: Result<(), String>, source: Source },
+    /// A received chunk was verified and stored (or not); `below` is the walk of the subtree
+    /// under an interior node.
+    Stored { channel: String, id: ChunkId, result: Result<(), String>, source: Source, below: Option<Result<layerhop_store::blob::Progress, String>> },
     Serve { channel: ResponseChannel<Response>, response: Response },
 }
 
@@ -123,6 +131,14 @@ pub struct EventLoop {
     pub(crate) strikes: crate::strikes::Strikes,
     /// Site peers from the config, with the peer id found at each address once connected.
     configured_peers: HashMap<Multiaddr, Option<PeerId>>,
+    /// Something changed that may let the pump send requests.
+    pub(crate) pump_due: bool,
+    pub(crate) last_pump: Instant,
+    last_unpark: Instant,
+    /// Site peers this node leaves to dial it, and when to dial them anyway.
+    deferred_dials: HashMap<PeerId, (Vec<Multiaddr>, Instant)>,
+    /// When each member was last asked for its releases (because it has one unknown here).
+    pub(crate) last_releases_ask: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -162,6 +178,11 @@ impl EventLoop {
             peer_fetched: 0,
             strikes: Default::default(),
             configured_peers: configured,
+            pump_due: false,
+            last_pump: Instant::now(),
+            last_unpark: Instant::now(),
+            deferred_dials: HashMap::new(),
+            last_releases_ask: HashMap::new(),
         };
         Ok((el, Handle { tx }))
     }
@@ -222,6 +243,12 @@ impl EventLoop {
                 Some(done) = self.done_rx.recv() => self.on_done(done),
                 event = self.swarm.select_next_some() => self.on_swarm(event),
                 _ = tick.tick() => self.on_tick(),
+                // Last in a biased select: runs once the burst of ready events is drained.
+                () = std::future::ready(()), if self.pump_due => self.pump(),
+            }
+            // A steady stream of events must not starve the pump either.
+            if self.pump_due && self.last_pump.elapsed() >= PUMP_AT_LEAST_EVERY {
+                self.pump();
             }
         }
     }
@@ -292,13 +319,29 @@ impl EventLoop {
                 self.dial(None, vec![a]);
             }
         }
-        self.site.expire();
-        let idle: Vec<String> = self.fetches.iter().filter(|(_, f)| !f.complete && f.round_done()).map(|(c, _)| c.clone()).collect();
+        let due: Vec<PeerId> = self.deferred_dials.iter().filter(|(_, (_, at))| now >= *at).map(|(p, _)| *p).collect();
+        for p in due {
+            if let Some((addrs, _)) = self.deferred_dials.remove(&p)
+                && !self.swarm.is_connected(&p)
+            {
+                self.dial(Some(p), addrs);
+            }
+        }
+        if self.site.expire() {
+            self.pump_due = true;
+        }
+        if self.last_unpark.elapsed() >= crate::schedule::UNPARK_SWEEP {
+            self.last_unpark = now;
+            for f in self.fetches.values_mut() {
+                f.unpark_all();
+            }
+        }
+        let idle: Vec<String> = self.fetches.iter().filter(|(_, f)| f.needs_walk()).map(|(c, _)| c.clone()).collect();
         for channel in idle {
             self.next_round(&channel);
         }
         self.send_state();
-        self.pump();
+        self.pump_due = true;
     }
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -324,11 +367,12 @@ impl EventLoop {
                 }
                 self.peers.insert(peer_id, class);
                 if num_established.get() == 1 && self.cfg.role == Role::Device {
-                    let hello = Hello { credential: self.credential.clone(), listen_addrs: self.advertised_addrs(), site_sharing: self.cfg.site_sharing };
+                    let hello = Hello { credential: self.credential.clone(), listen_addrs: self.advertised_addrs(), site_sharing: self.cfg.site_sharing, channels: self.cfg.channels.clone() };
                     self.send(&peer_id, Request::Hello(hello), Pending::Hello);
                     if Some(peer_id) == self.seed() {
                         self.dial_backoff = Duration::from_millis(500);
                         self.state_dirty = true;
+                        self.site.epoch += 1; // this node's uplink is back: rendezvous changes
                     }
                 }
             }
@@ -340,7 +384,9 @@ impl EventLoop {
                     self.enrolled.remove(&peer_id);
                     if Some(peer_id) == self.seed() {
                         self.state_dirty = true;
+                        self.site.epoch += 1;
                     }
+                    self.last_releases_ask.remove(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -355,7 +401,7 @@ impl EventLoop {
                 for (p, addrs) in by_peer {
                     if !self.swarm.is_connected(&p) && Some(p) != self.seed() {
                         tracing::info!(peer = %p, "found by mDNS");
-                        self.dial(Some(p), addrs);
+                        self.dial_site_peer(p, addrs);
                     }
                 }
             }
@@ -448,7 +494,7 @@ impl EventLoop {
             }
             _ => {}
         }
-        self.pump();
+        self.pump_due = true;
     }
 
     /// Count a fault against `peer`; the third within the window bans it (never the seed).
@@ -479,8 +525,19 @@ impl EventLoop {
             }
             let addrs: Vec<Multiaddr> = info.listen_addrs.iter().filter_map(|a| a.parse().ok()).collect();
             if !addrs.is_empty() {
-                self.dial(Some(p), addrs);
+                self.dial_site_peer(p, addrs);
             }
+        }
+    }
+
+    /// Connect to a site peer that also knows of this node (both heard of each other from the
+    /// seed, or by mDNS): the lower peer id dials, so a pair holds one connection, not two. The
+    /// higher one dials too if no connection came within [`DEFERRED_DIAL`] (a lost message).
+    fn dial_site_peer(&mut self, p: PeerId, addrs: Vec<Multiaddr>) {
+        if *self.swarm.local_peer_id() < p {
+            self.dial(Some(p), addrs);
+        } else {
+            self.deferred_dials.insert(p, (addrs, Instant::now() + DEFERRED_DIAL));
         }
     }
 
@@ -489,7 +546,7 @@ impl EventLoop {
             Done::Serve { channel, response } => {
                 let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
             }
-            Done::Stored { channel, id, result, source } => {
+            Done::Stored { channel, id, result, source, below } => {
                 let ok = match result {
                     Ok(()) => true,
                     Err(reason) => {
@@ -506,7 +563,15 @@ impl EventLoop {
                 };
                 if let Some(f) = self.fetches.get_mut(&channel) {
                     if ok {
-                        f.landed(id);
+                        match below {
+                            Some(Err(e)) => {
+                                tracing::error!(%channel, error = %e, "release trees are inconsistent; fetch stopped");
+                                f.stalled = Some(e);
+                                f.landed(id, None);
+                            }
+                            Some(Ok(sub)) => f.landed(id, Some(sub)),
+                            None => f.landed(id, None),
+                        }
                         self.state_dirty = true;
                         match source {
                             Source::Seed => {
@@ -518,11 +583,11 @@ impl EventLoop {
                     } else {
                         f.retry(&id, Some(source));
                     }
-                    if f.round_done() {
+                    if f.needs_walk() {
                         self.next_round(&channel);
                     }
                 }
-                self.pump();
+                self.pump_due = true;
             }
         }
     }
@@ -615,10 +680,11 @@ impl EventLoop {
         self.next_round(&channel);
         self.state_dirty = true;
         self.site.epoch += 1;
-        self.pump();
+        self.pump_due = true;
     }
 
-    /// Walk the release's trees again and want what is now known to be missing.
+    /// Walk the release's trees and want what is known to be missing: when a fetch starts, and
+    /// when nothing is wanted any more (to confirm it is complete).
     pub(crate) fn next_round(&mut self, channel: &str) {
         let Some(f) = self.fetches.get_mut(channel) else { return };
         match layerhop_store::blob::progress(&self.store, &f.blobs) {

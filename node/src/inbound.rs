@@ -44,9 +44,8 @@ impl EventLoop {
             }
             Request::State(state) => {
                 if self.site.is_member(&peer) {
-                    self.site.on_state(&peer, state);
                     self.reply(channel, Response::Ack);
-                    self.pump();
+                    self.on_member_state(peer, state);
                 } else {
                     self.refuse(peer, channel, "not a member of this site");
                 }
@@ -130,13 +129,15 @@ impl EventLoop {
                     self.refuse(peer, channel, "site peers are reached over the LAN only; this link is metered");
                     return;
                 }
-                if !self.cfg.site_sharing {
+                // Both ends must share: a peer that does not (a baseline device) fetches alone
+                // and would never answer for the chunks a rendezvous gave it.
+                if !self.cfg.site_sharing || !hello.site_sharing {
                     self.reply(channel, Response::Ack);
                     return;
                 }
                 let addrs: Vec<Multiaddr> = hello.listen_addrs.iter().filter_map(|a| a.parse().ok()).collect();
                 let new = !self.site.is_member(&peer);
-                self.site.join(peer, addrs);
+                self.site.join(peer, addrs, hello.channels);
                 self.reply(channel, Response::Ack);
                 if new {
                     tracing::info!(%peer, "site peer joined");

@@ -4,7 +4,12 @@
 //! 1. a live site member holds it → ask the least-busy such member, over the LAN;
 //! 2. a live member is fetching it from the seed (its claim) → wait for it;
 //! 3. otherwise the rendezvous winner among members with an uplink fetches it from the seed:
-//!    if that is this node, ask the seed; if not, wait.
+//!    if that is this node, ask the seed; if not, wait (the want is parked, see
+//!    [`crate::fetch`]).
+//!
+//! The pump runs at most once per event-loop wake-up burst (see `EventLoop::run`), not once per
+//! event: a site of 20 members answering each other's requests produces thousands of events a
+//! second.
 //!
 //! With site sharing off (the config's `site_sharing = false`, used as a baseline) every chunk
 //! comes from the seed. Each source gets at most `parallel_requests` requests in flight of up
@@ -23,69 +28,85 @@ use std::time::{Duration, Instant};
 
 /// How long to leave a chunk the seed said it lacks before asking the seed again.
 const SEED_LACK_RETRY: Duration = Duration::from_secs(5);
-/// For this long after a release starts, every live member is assumed to fetch it (they heard
-/// of it at about the same time; their state messages are on the way).
-const RELEASE_GRACE: Duration = Duration::from_secs(3);
+
+/// Parked wants are all looked at again this often, whatever else happens: a claim can vanish
+/// without the member ever holding the chunk (it gave up, or its state message was lost).
+pub(crate) const UNPARK_SWEEP: Duration = Duration::from_secs(2);
 
 impl EventLoop {
-    /// Send chunk requests while sources have room.
+    /// Send chunk requests while sources have room. Looks only at ready wants (see
+    /// [`crate::fetch`]), and stops as soon as no source has room.
     pub(crate) fn pump(&mut self) {
+        self.pump_due = false;
+        self.last_pump = Instant::now();
         let limit = self.cfg.parallel_requests;
+        let full = limit * MAX_IDS_PER_REQUEST;
         let uplink = self.uplink();
         let sharing = self.cfg.site_sharing;
         let epoch = self.site.epoch;
+        let now = Instant::now();
         let channels: Vec<String> = self.fetches.iter().filter(|(_, f)| !f.complete && f.stalled.is_none()).map(|(c, _)| c.clone()).collect();
         for channel in channels {
             let mut seed_batch: Vec<ChunkId> = Vec::new();
             let mut peer_batches: HashMap<PeerId, Vec<ChunkId>> = HashMap::new();
-            let mut seed_room = limit.saturating_sub(self.seed_in_flight) * MAX_IDS_PER_REQUEST;
-            {
-                let Some(f) = self.fetches.get_mut(&channel) else { continue };
-                let key = f.key();
-                let now = Instant::now();
-                let grace = f.started.elapsed() < RELEASE_GRACE;
-                let order = f.order.clone();
-                for id in order {
-                    let Some(w) = f.wants.get_mut(&id) else { continue };
-                    if w.in_flight.is_some() {
-                        continue;
-                    }
-                    if sharing {
-                        let best = self
-                            .site
-                            .holders(&key, &id)
-                            .filter(|(p, _)| !w.tried.contains(p))
-                            .map(|(p, m)| (*p, m.in_flight * MAX_IDS_PER_REQUEST + peer_batches.get(p).map_or(0, Vec::len)))
-                            .filter(|(_, load)| *load < limit * MAX_IDS_PER_REQUEST)
-                            .min_by_key(|(_, load)| *load);
-                        if let Some((p, _)) = best {
-                            peer_batches.entry(p).or_default().push(id);
-                            continue;
-                        }
-                        if self.site.holders(&key, &id).any(|(p, _)| !w.tried.contains(p)) {
-                            continue; // held on the site; its holders are busy
-                        }
-                        if self.site.claimed(&key, &id) {
-                            continue;
-                        }
-                        let fetcher = match w.fetcher {
-                            Some((e, g, f)) if e == epoch && g == grace => f,
-                            _ => {
-                                let f = self.site.fetcher(&key, &id, uplink, grace);
-                                w.fetcher = Some((epoch, grace, f));
-                                f
-                            }
-                        };
-                        if fetcher != Fetcher::Me {
-                            continue;
-                        }
-                    }
-                    if !uplink || seed_room == 0 || w.seed_lacked.is_some_and(|t| now.duration_since(t) < SEED_LACK_RETRY) {
-                        continue;
-                    }
-                    seed_batch.push(id);
-                    seed_room -= 1;
+            let mut seed_room = if uplink { limit.saturating_sub(self.seed_in_flight) * MAX_IDS_PER_REQUEST } else { 0 };
+            let mut members_with_room = if sharing { self.site.members().filter(|(_, m)| m.in_flight * MAX_IDS_PER_REQUEST < full).count() } else { 0 };
+            let mut to_park = Vec::new();
+            let Some(f) = self.fetches.get_mut(&channel) else { continue };
+            if f.parked_epoch != epoch {
+                f.unpark_all();
+                f.parked_epoch = epoch;
+            }
+            let key = f.key();
+            let known_since = f.started;
+            for id in f.ready.values() {
+                if seed_room == 0 && members_with_room == 0 {
+                    break;
                 }
+                let Some(w) = f.wants.get_mut(id) else { continue };
+                if sharing {
+                    let best = self
+                        .site
+                        .holders(&key, id)
+                        .filter(|(p, _)| !w.tried.contains(p))
+                        .map(|(p, m)| (*p, m.in_flight * MAX_IDS_PER_REQUEST + peer_batches.get(p).map_or(0, Vec::len)))
+                        .min_by_key(|(_, load)| *load);
+                    match best {
+                        Some((p, load)) if load < full => {
+                            peer_batches.entry(p).or_default().push(*id);
+                            if load + 1 == full {
+                                members_with_room = members_with_room.saturating_sub(1);
+                            }
+                            continue;
+                        }
+                        Some(_) => continue, // held on the site; its holders are busy
+                        None => {}
+                    }
+                    if self.site.claimed(&key, id) {
+                        to_park.push(*id);
+                        continue;
+                    }
+                    let fetcher = match w.fetcher {
+                        Some((e, f)) if e == epoch => f,
+                        _ => {
+                            let f = self.site.fetcher(&key, id, uplink, known_since);
+                            w.fetcher = Some((epoch, f));
+                            f
+                        }
+                    };
+                    if fetcher != Fetcher::Me {
+                        to_park.push(*id);
+                        continue;
+                    }
+                }
+                if seed_room == 0 || w.seed_lacked.is_some_and(|t| now.duration_since(t) < SEED_LACK_RETRY) {
+                    continue;
+                }
+                seed_batch.push(*id);
+                seed_room -= 1;
+            }
+            for id in to_park {
+                f.park(id);
             }
             for (peer, ids) in peer_batches {
                 for batch in ids.chunks(MAX_IDS_PER_REQUEST) {
@@ -95,6 +116,30 @@ impl EventLoop {
             for batch in seed_batch.chunks(MAX_IDS_PER_REQUEST) {
                 self.request_chunks(&channel, batch.to_vec(), Source::Seed);
             }
+        }
+    }
+
+    /// A member's state message: apply it, and look again at chunks waiting on what it now
+    /// holds. A release it has that this node has not heard of is asked for (the one LAN
+    /// announcement may have been lost).
+    pub(crate) fn on_member_state(&mut self, peer: PeerId, state: State) {
+        let unknown = state.releases.iter().any(|h| {
+            self.cfg.follows(&h.channel) && self.fetches.get(h.channel.as_str()).is_none_or(|f| f.body.version < h.version)
+        });
+        if unknown && self.last_releases_ask.get(&peer).is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            self.last_releases_ask.insert(peer, Instant::now());
+            self.send(&peer, Request::Releases, Pending::Releases);
+        }
+        for (key, ids) in self.site.on_state(&peer, state) {
+            let Some(f) = self.fetches.get_mut(&key.0) else { continue };
+            if f.body.version != key.1 {
+                continue;
+            }
+            match ids {
+                None => f.unpark_all(),
+                Some(ids) => f.unpark(&ids),
+            }
+            self.pump_due = true;
         }
     }
 
@@ -148,7 +193,9 @@ impl EventLoop {
                 }
                 continue;
             }
-            let incoming = Incoming { channel: channel.clone(), id, reply, source };
+            // A chunk no longer wanted (it landed from elsewhere meanwhile) is not stored twice.
+            let Some(entry) = self.fetches.get(&channel).and_then(|f| f.entry(&id)) else { continue };
+            let incoming = Incoming { channel: channel.clone(), id, reply, source, entry };
             if self.writer.try_send(incoming).is_err() {
                 // Cannot happen while requests in flight stay far below the queue; if it does,
                 // the chunk is simply wanted again.

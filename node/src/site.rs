@@ -11,7 +11,7 @@
 //! crashes or stalls therefore drops out after at most one lease, and the rendezvous hands its
 //! chunks to the next member: nothing waits forever.
 
-use layerhop_protocol::ChunkId;
+use layerhop_protocol::{Channel, ChunkId};
 use layerhop_protocol::wire::{ShortId, State, short_id};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
@@ -48,6 +48,14 @@ pub struct Member {
     pub haves: HashMap<ReleaseKey, PeerHave>,
     /// Chunk requests in flight to it.
     pub in_flight: usize,
+    /// Channels it follows (empty: all), from its hello.
+    channels: Vec<Channel>,
+}
+
+impl Member {
+    fn follows(&self, channel: &str) -> bool {
+        self.channels.is_empty() || self.channels.iter().any(|c| c.as_str() == channel)
+    }
 }
 
 /// The members of this node's site.
@@ -60,6 +68,8 @@ pub struct Site {
     /// (an outage), not the member's, and handing its chunks to others would fetch them twice.
     my_progress: Option<Instant>,
     members: HashMap<PeerId, Member>,
+    /// Members found not live at the last [`Site::expire`].
+    stale: HashSet<PeerId>,
     /// Grows whenever membership or liveness may have changed; fetch decisions cached under an
     /// older epoch are recomputed.
     pub epoch: u64,
@@ -90,11 +100,11 @@ pub fn score(id: &ChunkId, peer: &PeerId) -> u64 {
 impl Site {
     /// An empty site for node `me`; members expire after `lease` of silence.
     pub fn new(me: PeerId, lease: Duration) -> Self {
-        Site { me, lease, my_progress: None, members: HashMap::new(), epoch: 0 }
+        Site { me, lease, my_progress: None, members: HashMap::new(), stale: HashSet::new(), epoch: 0 }
     }
 
-    /// A peer proved it is an enrolled member of this site.
-    pub fn join(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+    /// A peer proved it is an enrolled member of this site; it follows `channels` (empty: all).
+    pub fn join(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, channels: Vec<Channel>) {
         let now = Instant::now();
         self.members.insert(
             peer,
@@ -107,6 +117,7 @@ impl Site {
                 seed_pending: 0,
                 haves: HashMap::new(),
                 in_flight: 0,
+                channels,
             },
         );
         self.epoch += 1;
@@ -134,9 +145,11 @@ impl Site {
         self.members.get_mut(peer)
     }
 
-    /// Apply a member's state message.
-    pub fn on_state(&mut self, peer: &PeerId, s: State) {
-        let Some(m) = self.members.get_mut(peer) else { return };
+    /// Apply a member's state message. Returns, per release, the chunks it newly holds (whole
+    /// release: `None`), so chunks waiting on it can be asked for.
+    pub fn on_state(&mut self, peer: &PeerId, s: State) -> Vec<(ReleaseKey, Option<Vec<ShortId>>)> {
+        let mut news = Vec::new();
+        let Some(m) = self.members.get_mut(peer) else { return news };
         let now = Instant::now();
         m.last_heard = now;
         if s.seed_fetched > m.seed_fetched || s.seed_pending == 0 {
@@ -151,9 +164,14 @@ impl Site {
         for h in s.releases {
             let key = (h.channel.as_str().to_owned(), h.version);
             let is_new = !m.haves.contains_key(&key);
-            let have = m.haves.entry(key).or_default();
+            let have = m.haves.entry(key.clone()).or_default();
             if h.full {
                 have.ids.clear();
+            }
+            if h.complete && !have.complete {
+                news.push((key, None));
+            } else if !h.ids.is_empty() {
+                news.push((key, Some(h.ids.clone())));
             }
             have.complete = h.complete;
             have.ids.extend(h.ids);
@@ -162,6 +180,7 @@ impl Site {
                 self.epoch += 1;
             }
         }
+        news
     }
 
     /// This node received a chunk from the seed.
@@ -169,14 +188,17 @@ impl Site {
         self.my_progress = Some(now);
     }
 
-    /// Drop members whose lease ran out; returns whether any did.
+    /// Note members whose lease ran out (or who came back); returns whether the set of live
+    /// members changed.
     pub fn expire(&mut self) -> bool {
         let now = Instant::now();
-        let stale = self.members.values().any(|m| !self.alive(m, now));
-        if stale {
+        let stale: HashSet<PeerId> = self.members.iter().filter(|(_, m)| !self.alive(m, now)).map(|(p, _)| *p).collect();
+        let changed = stale != self.stale;
+        if changed {
+            self.stale = stale;
             self.epoch += 1;
         }
-        stale
+        changed
     }
 
     fn alive(&self, m: &Member, now: Instant) -> bool {
@@ -209,15 +231,21 @@ impl Site {
     }
 
     /// Who fetches `id` from the seed: the highest rendezvous score among this node (if it has
-    /// an uplink) and the live members with an uplink that fetch the release. While
-    /// `assume_all` (the first moments of a release, before every member has said it has it),
-    /// every live member with an uplink counts: they all heard of the release at about the same
-    /// time, and counting only the ones heard from would make each of them fetch everything.
-    pub fn fetcher(&self, release: &ReleaseKey, id: &ChunkId, my_uplink: bool, assume_all: bool) -> Fetcher {
+    /// an uplink) and the live members with an uplink that fetch the release — those that said
+    /// they have it, and, while the release is younger here than a lease (`known_since`), those
+    /// that follow its channel: they heard of it at about the same time and their state is on
+    /// the way. Counting only members already heard from made members disagree under load (one
+    /// counted a slow member, another not yet) and fetch the same chunk twice; counting
+    /// followers forever would wait on a member that refuses the release.
+    pub fn fetcher(&self, release: &ReleaseKey, id: &ChunkId, my_uplink: bool, known_since: Instant) -> Fetcher {
         let now = Instant::now();
+        let young = now.duration_since(known_since) < self.lease;
         let mut best: Option<(u64, Fetcher)> = my_uplink.then(|| (score(id, &self.me), Fetcher::Me));
         for (p, m) in &self.members {
-            if !m.uplink || !self.alive(m, now) || !(assume_all || m.haves.contains_key(release)) {
+            if !m.uplink || !self.alive(m, now) {
+                continue;
+            }
+            if !(m.haves.contains_key(release) || (young && m.follows(&release.0))) {
                 continue;
             }
             let s = score(id, p);
@@ -226,6 +254,11 @@ impl Site {
             }
         }
         best.map(|(_, f)| f).unwrap_or(Fetcher::Nobody)
+    }
+
+    /// How long a member stays live without being heard from.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// A member answered that it does not hold `id` after all.
@@ -242,6 +275,11 @@ mod tests {
     use super::*;
     use layerhop_protocol::Channel;
     use layerhop_protocol::wire::HaveMap;
+
+    /// A release known here for longer than any lease in these tests.
+    fn long_ago() -> Instant {
+        Instant::now() - Duration::from_secs(60)
+    }
 
     fn state(release: &ReleaseKey, ids: Vec<ShortId>, claims: Vec<ShortId>) -> State {
         State {
@@ -268,7 +306,7 @@ mod tests {
             .map(|me| {
                 let mut s = Site::new(*me, Duration::from_secs(10));
                 for p in peers.iter().filter(|p| *p != me) {
-                    s.join(*p, vec![]);
+                    s.join(*p, vec![], vec![]);
                     s.on_state(p, state(&release, vec![], vec![]));
                 }
                 s
@@ -280,7 +318,7 @@ mod tests {
             let chosen: Vec<PeerId> = sites
                 .iter()
                 .zip(&peers)
-                .map(|(s, me)| match s.fetcher(&release, &id, true, false) {
+                .map(|(s, me)| match s.fetcher(&release, &id, true, long_ago()) {
                     Fetcher::Me => *me,
                     Fetcher::Peer(p) => p,
                     Fetcher::Nobody => panic!("nobody"),
@@ -302,15 +340,15 @@ mod tests {
         let held = ChunkId::of(b"held");
         let claimed = ChunkId::of(b"claimed");
         let mut s = Site::new(me, Duration::from_secs(10));
-        s.join(other, vec![]);
+        s.join(other, vec![], vec![]);
         s.on_state(&other, state(&release, vec![short_id(&held)], vec![short_id(&claimed)]));
         assert_eq!(s.holders(&release, &held).count(), 1);
         assert!(s.claimed(&release, &claimed));
         s.leave(&other);
         assert_eq!(s.holders(&release, &held).count(), 0);
         assert!(!s.claimed(&release, &claimed));
-        assert_eq!(s.fetcher(&release, &held, true, false), Fetcher::Me);
-        assert_eq!(s.fetcher(&release, &held, false, false), Fetcher::Nobody);
+        assert_eq!(s.fetcher(&release, &held, true, long_ago()), Fetcher::Me);
+        assert_eq!(s.fetcher(&release, &held, false, long_ago()), Fetcher::Nobody);
     }
 
     #[test]
@@ -319,14 +357,14 @@ mod tests {
         let other = PeerId::random();
         let release: ReleaseKey = ("models".into(), 1);
         let mut s = Site::new(me, Duration::from_secs(10));
-        s.join(other, vec![]);
+        s.join(other, vec![], vec![]);
         s.on_state(&other, state(&release, vec![], vec![]));
-        let theirs = (0..100u32).map(|i| ChunkId::of(&i.to_le_bytes())).find(|id| s.fetcher(&release, id, true, false) != Fetcher::Me).expect("some chunk is theirs");
+        let theirs = (0..100u32).map(|i| ChunkId::of(&i.to_le_bytes())).find(|id| s.fetcher(&release, id, true, long_ago()) != Fetcher::Me).expect("some chunk is theirs");
         assert!(!s.expire());
         // Eleven seconds of silence, without waiting for them.
         s.member_mut(&other).expect("member").last_heard -= Duration::from_secs(11);
         assert!(s.expire());
-        assert_eq!(s.fetcher(&release, &theirs, true, false), Fetcher::Me);
+        assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
     }
 
     #[test]
@@ -335,18 +373,18 @@ mod tests {
         let other = PeerId::random();
         let release: ReleaseKey = ("models".into(), 1);
         let mut s = Site::new(me, Duration::from_secs(10));
-        s.join(other, vec![]);
+        s.join(other, vec![], vec![]);
         let mut st = state(&release, vec![], vec![]);
         st.seed_pending = 3;
         s.on_state(&other, st);
-        let theirs = (0..100u32).map(|i| ChunkId::of(&i.to_le_bytes())).find(|id| s.fetcher(&release, id, true, false) != Fetcher::Me).expect("some chunk is theirs");
+        let theirs = (0..100u32).map(|i| ChunkId::of(&i.to_le_bytes())).find(|id| s.fetcher(&release, id, true, long_ago()) != Fetcher::Me).expect("some chunk is theirs");
         // It still talks but its seed downloads made no progress for 11 s.
         s.member_mut(&other).expect("member").last_progress -= Duration::from_secs(11);
         // This node made none either (the shared uplink is down): the member keeps its chunks.
-        assert_ne!(s.fetcher(&release, &theirs, true, false), Fetcher::Me);
+        assert_ne!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
         // This node is making progress: the member alone is stuck, its chunks move.
         s.note_my_progress(Instant::now());
-        assert_eq!(s.fetcher(&release, &theirs, true, false), Fetcher::Me);
-        assert_eq!(s.fetcher(&release, &theirs, true, false), Fetcher::Me);
+        assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
+        assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
     }
 }

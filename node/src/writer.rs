@@ -1,10 +1,12 @@
 //! The chunk writer: one thread that decompresses, verifies and stores received chunks in
 //! batches, so a batch of up to 64 chunks costs two file-system syncs instead of one fsync each
-//! (see the store's `put_batch`), and the event loop never waits on the disk.
+//! (see the store's `put_batch`), and the event loop never waits on the disk. After an interior
+//! tree node is stored, the writer walks the subtree below it, so the fetch learns the node's
+//! missing children without reading the disk itself.
 
 use crate::event_loop::Done;
 use crate::fetch::Source;
-use layerhop_protocol::ChunkId;
+use layerhop_protocol::{BlobRef, ChunkId};
 use layerhop_protocol::wire::ChunkReply;
 use layerhop_store::Store;
 use std::sync::Arc;
@@ -20,6 +22,8 @@ pub(crate) struct Incoming {
     pub(crate) id: ChunkId,
     pub(crate) reply: ChunkReply,
     pub(crate) source: Source,
+    /// The subtree the chunk roots.
+    pub(crate) entry: BlobRef,
 }
 
 /// Start the writer thread; it stops when every sender is dropped.
@@ -40,19 +44,20 @@ pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Res
                 match crate::codec::decompress(x.reply) {
                     Some(Ok(bytes)) => {
                         good.push((x.id, bytes));
-                        meta.push((x.channel, x.id, x.source));
+                        meta.push((x.channel, x.id, x.source, x.entry));
                     }
                     Some(Err(e)) => {
                         let result = Err(format!("undecodable compressed chunk: {e}"));
-                        let _ = done.blocking_send(Done::Stored { channel: x.channel, id: x.id, result, source: x.source });
+                        let _ = done.blocking_send(Done::Stored { channel: x.channel, id: x.id, result, source: x.source, below: None });
                     }
                     None => {}
                 }
             }
             let results = store.put_batch(&good);
-            for ((channel, id, source), r) in meta.into_iter().zip(results) {
+            for ((channel, id, source, entry), r) in meta.into_iter().zip(results) {
                 let result = r.map_err(|e| e.to_string());
-                let _ = done.blocking_send(Done::Stored { channel, id, result, source });
+                let below = (result.is_ok() && entry.height > 0).then(|| layerhop_store::blob::progress(&store, &[entry]).map_err(|e| e.to_string()));
+                let _ = done.blocking_send(Done::Stored { channel, id, result, source, below });
             }
         }
     })?;

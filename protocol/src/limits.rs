@@ -33,3 +33,5 @@ pub const MAX_TREE_HEIGHT: u8 = 8;
 pub const MAX_PEERS_LISTED: usize = 1024;
 /// Short ids in one have-map message (64 KiB of ids).
 pub const MAX_HAVE_IDS: usize = 8192;
+/// Channels a node may name in its hello.
+pub const MAX_CHANNELS: usize = 256;

@@ -40,6 +40,9 @@ pub struct Hello {
     /// Whether it shares chunks with its site (a device that does not hears of releases from
     /// the seed directly).
     pub site_sharing: bool,
+    /// Channels it follows (empty: every channel). Site members use it to know who will fetch
+    /// a release before that member has said it has it.
+    pub channels: Vec<crate::Channel>,
 }
 
 /// A site member as the seed knows it.
@@ -163,7 +166,10 @@ impl Request {
         let r: Request = from_exact(bytes, "request")?;
         match &r {
             Request::Chunks(ids) => Error::check_len("chunk id list", ids.len(), limits::MAX_IDS_PER_REQUEST)?,
-            Request::Hello(h) => check_addrs(&h.listen_addrs)?,
+            Request::Hello(h) => {
+                check_addrs(&h.listen_addrs)?;
+                Error::check_len("channel list", h.channels.len(), limits::MAX_CHANNELS)?;
+            }
             Request::Peers(p) => {
                 Error::check_len("peer list", p.len(), limits::MAX_PEERS_LISTED)?;
                 for i in p {

@@ -217,8 +217,9 @@ pub struct Progress {
     pub total: u64,
     /// Bytes of data chunks present.
     pub have: u64,
-    /// Chunks missing and reachable now (data chunks, and interior nodes whose parent is held).
-    pub missing: Vec<ChunkId>,
+    /// Chunks missing and reachable now (data chunks, and interior nodes whose parent is held),
+    /// each as the subtree it roots, so a fetcher knows what a chunk is before it arrives.
+    pub missing: Vec<BlobRef>,
     /// Chunks present (data chunks and interior nodes), each once.
     pub held: Vec<ChunkId>,
 }
@@ -247,13 +248,13 @@ pub fn progress(store: &Store, blobs: &[BlobRef]) -> Result<Progress> {
                     p.held.push(e.id);
                 }
             } else if seen.insert(e.id) {
-                p.missing.push(e.id);
+                p.missing.push(BlobRef { root: e.id, len: e.len, height });
             }
             continue;
         }
         if !store.has(&e.id) {
             if seen.insert(e.id) {
-                p.missing.push(e.id);
+                p.missing.push(BlobRef { root: e.id, len: e.len, height });
             }
             continue;
         }
@@ -267,7 +268,7 @@ pub fn progress(store: &Store, blobs: &[BlobRef]) -> Result<Progress> {
             }
             None => {
                 if seen.insert(e.id) {
-                    p.missing.push(e.id);
+                    p.missing.push(BlobRef { root: e.id, len: e.len, height });
                 }
             }
         }

@@ -74,7 +74,9 @@ impl ChunkFiles {
                 .and_then(|()| tempfile::Builder::new().prefix(".tmp-").tempfile_in(&sub).map_err(Error::io("create temp file in", &sub)))
                 .and_then(|mut tmp| {
                     tmp.write_all(bytes).map_err(Error::io("write", tmp.path()))?;
-                    Ok(tmp)
+                    // Closed now, renamed after the sync: a batch must not hold a file
+                    // descriptor per chunk (50 nodes in one process ran out of them).
+                    Ok(tmp.into_temp_path())
                 });
             temps.push((path, r));
         }

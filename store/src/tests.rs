@@ -97,7 +97,8 @@ fn progress_reports_missing_then_complete() {
         if p.complete() {
             break;
         }
-        for id in p.missing {
+        for r in p.missing {
+            let id = r.root;
             let bytes = src.get(&id).expect("get").expect("present");
             dst.put(&id, &bytes).expect("put");
         }
