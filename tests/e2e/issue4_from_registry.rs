@@ -130,6 +130,7 @@ fn publish_fails(c: &Cluster, channel: &str, url: &str, extra: &[&str], stdin: &
     let out = publish_from(c, channel, url, extra, stdin, env);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "publish --from-registry {url} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    println!("publish --from-registry {url} {extra:?} fails as it should: {}", err.trim().replace('\n', " "));
     for n in needles {
         assert!(err.contains(n), "the error for {url} does not say {n:?}: {err}");
     }
