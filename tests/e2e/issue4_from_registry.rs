@@ -2,7 +2,8 @@
 //! registry server (Debian's `docker-registry`, the reference `distribution` registry) on
 //! 127.0.0.1, pushes generated images into it with skopeo (gzip and zstd layers), publishes them
 //! with `layerhop publish --from-registry`, and checks that a device's mirror serves the original
-//! diff_ids and config. Bad input (unknown tag, unreachable host, missing or wrong credentials)
+//! diff_ids and config; also by digest and from a multi-platform index (`--platform`). Bad input
+//! (unknown tag or digest, unreachable host, missing or wrong credentials, no such platform)
 //! must fail with a message naming the problem and publish nothing.
 
 use crate::harness::{Cluster, binary, wait_for};
@@ -14,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// A `docker-registry` process on 127.0.0.1, killed on drop.
 struct Upstream {
@@ -76,6 +78,35 @@ impl Upstream {
         let m = get(&self.addr, &format!("/v2/{repo}/manifests/{tag}"), &[("Accept", &accept)]);
         assert_eq!(m.status, 200, "{}", String::from_utf8_lossy(&m.body));
         m.json()
+    }
+
+    /// `repo:tag`'s manifest descriptor: media type, digest, size.
+    fn descriptor(&self, repo: &str, tag: &str) -> serde_json::Value {
+        let accept = format!("{OCI_MANIFEST}, application/vnd.docker.distribution.manifest.v2+json");
+        let m = get(&self.addr, &format!("/v2/{repo}/manifests/{tag}"), &[("Accept", &accept)]);
+        assert_eq!(m.status, 200);
+        serde_json::json!({
+            "mediaType": m.header("content-type").expect("content type"),
+            "digest": m.header("docker-content-digest").expect("digest"),
+            "size": m.body.len(),
+        })
+    }
+
+    /// Push a multi-platform index as `repo:tag` (an HTTP PUT, as any client pushes one).
+    fn push_index(&self, repo: &str, tag: &str, manifests: &[serde_json::Value]) {
+        use std::io::Read;
+        let body = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests }).to_string();
+        let mut s = std::net::TcpStream::connect(&self.addr).expect("connect");
+        write!(
+            s,
+            "PUT /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {}\r\nContent-Type: {OCI_INDEX}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .expect("PUT");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 201"), "pushing the index failed: {answer}");
     }
 
     /// The layer media types of `repo:tag`.
@@ -209,6 +240,34 @@ fn seed_publishes_from_a_registry_gzip_and_zstd() {
     assert_eq!(out["version"], 2);
     check_served(&c, "app", 2, &zst);
     no_leftover_downloads(&c);
+
+    // A multi-platform index: the gzip image as linux/amd64, the zstd one as linux/arm64.
+    let platform = |os: &str, arch: &str, tag: &str| {
+        let mut d = up.descriptor("e2e/app", tag);
+        d["platform"] = serde_json::json!({ "os": os, "architecture": arch });
+        d
+    };
+    up.push_index("e2e/app", "multi", &[platform("linux", "amd64", "v1"), platform("linux", "arm64", "zstd")]);
+    let multi = format!("http://{}/e2e/app:multi", up.addr);
+    publish_ok(&c, "multi", &multi, &["--platform", "linux/arm64"], "", &[]);
+    check_served(&c, "multi", 1, &zst);
+    // By default, linux on this machine's architecture.
+    let host = match std::env::consts::ARCH {
+        "x86_64" => Some(&gz),
+        "aarch64" => Some(&zst),
+        _ => None,
+    };
+    if let Some(expected) = host {
+        publish_ok(&c, "multi", &multi, &[], "", &[]);
+        check_served(&c, "multi", 2, expected);
+    }
+    // By digest (no tag: the image has no name of its own, the mirror serves it as v<N>).
+    let digest = up.descriptor("e2e/app", "v1")["digest"].as_str().expect("digest").to_owned();
+    publish_ok(&c, "by-digest", &format!("http://{}/e2e/app@{digest}", up.addr), &[], "", &[]);
+    check_served(&c, "by-digest", 1, &gz);
+    let bad_digest = format!("sha256:{}", "0".repeat(64));
+    publish_fails(&c, "ghost", &format!("http://{}/e2e/app@{bad_digest}", up.addr), &[], "", &[], &["unknown"]);
+    publish_fails(&c, "ghost", &multi, &["--platform", "linux/s390x"], "", &[], &["linux/s390x", "linux/amd64, linux/arm64", "--platform"]);
 
     // Bad input: a clear error, nothing published.
     publish_fails(&c, "ghost", &format!("http://{}/e2e/app:nope", up.addr), &[], "", &[], &["e2e/app:nope", "unknown"]);
