@@ -171,7 +171,7 @@ pub struct UpstreamArgs {
     #[arg(long, requires = "from_registry")]
     pub platform: Option<String>,
     /// User name for the registry (basic auth, or credentials for its token service).
-    #[arg(long, env = "LAYERHOP_REGISTRY_USERNAME", requires = "from_registry")]
+    #[arg(long, env = "LAYERHOP_REGISTRY_USERNAME")]
     pub username: Option<String>,
     /// Read the registry password (or token) from the first line of standard input.
     #[arg(long, requires = "username")]

@@ -306,5 +306,14 @@ fn seed_publishes_from_a_registry_with_basic_auth() {
     assert_eq!(out["version"], 2);
     check_served(&c, "private", 2, &orig);
     no_leftover_downloads(&c);
+    // Registry credentials in the environment do not get in the way of publishing files.
+    let files = Command::new(binary())
+        .args(["publish", "--home", c.seed.home_arg(), "--channel", "files"])
+        .arg(&tar)
+        .env("LAYERHOP_REGISTRY_USERNAME", "fleet")
+        .env("LAYERHOP_REGISTRY_PASSWORD", "s3cret-pass")
+        .output()
+        .expect("layerhop publish");
+    assert!(files.status.success(), "{}", String::from_utf8_lossy(&files.stderr));
     drop(up);
 }
