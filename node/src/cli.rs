@@ -69,8 +69,9 @@ pub enum Cmd {
         #[command(flatten)]
         home: HomeArg,
     },
-    /// Seed: publish SOURCEs (docker save tarballs, OCI layouts, model files or directories) as
-    /// the channel's next release. The seed must be running.
+    /// Seed: publish SOURCEs (docker save tarballs, OCI layouts, model files or directories)
+    /// and/or an image from an upstream registry (--from-registry) as the channel's next
+    /// release. The seed must be running.
     Publish {
         /// The node's home.
         #[command(flatten)]
@@ -85,8 +86,11 @@ pub enum Cmd {
         #[arg(long)]
         ttl_secs: Option<u64>,
         /// What to publish.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "from_registry")]
         sources: Vec<PathBuf>,
+        /// Registry access for --from-registry.
+        #[command(flatten)]
+        upstream: UpstreamArgs,
     },
     /// Show the node's peers, releases and traffic.
     Status {
@@ -151,4 +155,25 @@ pub enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+}
+
+/// `publish --from-registry` and its credentials.
+#[derive(Debug, clap::Args)]
+pub struct UpstreamArgs {
+    /// Also publish the image at this URL of an upstream registry: https://HOST/REPO:TAG (or
+    /// REPO@sha256:…); http:// only for a registry without TLS. It is downloaded (every blob
+    /// checked against its digest) into a temporary OCI layout in the seed's home, then
+    /// published like one.
+    #[arg(long, value_name = "URL")]
+    pub from_registry: Option<String>,
+    /// Which image of a multi-platform index to take: OS/ARCH[/VARIANT]. Default: linux on
+    /// this machine's architecture.
+    #[arg(long, requires = "from_registry")]
+    pub platform: Option<String>,
+    /// User name for the registry (basic auth, or credentials for its token service).
+    #[arg(long, env = "LAYERHOP_REGISTRY_USERNAME")]
+    pub username: Option<String>,
+    /// Read the registry password (or token) from the first line of standard input.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
 }

@@ -4,9 +4,11 @@ use crate::config::{self, Config, Role, TemplateValues};
 use crate::control::{self, Request};
 use crate::home::{Home, write_secret};
 use crate::status::Status;
+use crate::upstream;
 use anyhow::{Context, Result, anyhow, bail};
 use layerhop_protocol::PublisherKey;
 use layerhop_protocol::token::{Credential, JoinToken};
+use oci_client::secrets::RegistryAuth;
 use std::path::{Path, PathBuf};
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -114,15 +116,92 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }
 
-/// `layerhop publish`.
+/// `layerhop publish` of files.
 pub fn publish(home: &Home, channel: &str, sources: &[PathBuf], version: Option<u64>, ttl_secs: Option<u64>) -> Result<serde_json::Value> {
-    let sources = sources.iter().map(|s| absolute(s)).collect::<Result<Vec<_>>>()?;
+    publish_from(home, channel, sources, None, version, ttl_secs)
+}
+
+/// `publish --from-registry`: the image, which of an index's platforms, and as whom.
+pub struct Upstream {
+    /// The image.
+    pub source: upstream::Source,
+    /// The platform taken from a multi-platform index.
+    pub platform: upstream::Platform,
+    /// Anonymous, or basic credentials (also sent to a token service).
+    pub auth: RegistryAuth,
+}
+
+impl Upstream {
+    /// From the command line; the password comes from standard input (`--password-stdin`) or
+    /// `LAYERHOP_REGISTRY_PASSWORD`, never from an argument. None without `--from-registry`.
+    pub fn from_args(a: crate::cli::UpstreamArgs) -> Result<Option<Upstream>> {
+        let Some(url) = a.from_registry else { return Ok(None) };
+        let source = upstream::Source::parse(&url)?;
+        let platform = a.platform.as_deref().map(upstream::Platform::parse).transpose()?.unwrap_or_else(upstream::Platform::host);
+        let password = if a.password_stdin {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+            let p = line.trim_end_matches(['\n', '\r']).to_owned();
+            if p.is_empty() {
+                bail!("--password-stdin: standard input held no password");
+            }
+            Some(p)
+        } else {
+            std::env::var("LAYERHOP_REGISTRY_PASSWORD").ok()
+        };
+        let auth = match (a.username, password) {
+            (Some(u), Some(p)) => RegistryAuth::Basic(u, p),
+            (None, None) => RegistryAuth::Anonymous,
+            (Some(u), None) => bail!("user {u:?} needs a password: pass --password-stdin or set LAYERHOP_REGISTRY_PASSWORD"),
+            (None, Some(_)) => bail!("a registry password was given without a user name: pass --username or set LAYERHOP_REGISTRY_USERNAME"),
+        };
+        Ok(Some(Upstream { source, platform, auth }))
+    }
+}
+
+/// `layerhop publish`: `sources`, and the image of `upstream` downloaded into a temporary OCI
+/// layout in the home (removed once the seed has imported it).
+pub fn publish_from(
+    home: &Home,
+    channel: &str,
+    sources: &[PathBuf],
+    upstream: Option<&Upstream>,
+    version: Option<u64>,
+    ttl_secs: Option<u64>,
+) -> Result<serde_json::Value> {
+    let mut sources = sources.iter().map(|s| absolute(s)).collect::<Result<Vec<_>>>()?;
     for s in &sources {
         if !s.exists() {
             bail!("source {} does not exist", s.display());
         }
     }
-    block_on(control::call(home, &Request::Publish { channel: channel.into(), sources, version, ttl_secs }))
+    block_on(async move {
+        let Some(up) = upstream else {
+            return control::call(home, &Request::Publish { channel: channel.into(), sources, version, ttl_secs }).await;
+        };
+        // Fail before a long download, not after it.
+        if Config::load(&home.config())?.role != Role::Seed {
+            bail!("only a seed publishes; {} is a device", home.root().display());
+        }
+        control::call(home, &Request::Status).await?;
+        let root = absolute(home.root())?;
+        let tmp = tempfile::Builder::new().prefix(".from-registry-").tempdir_in(&root).with_context(|| format!("creating a download directory in {}", root.display()))?;
+        let layout = tmp.path().join("image");
+        let got = upstream::download(&up.source, up.auth.clone(), &up.platform, &layout)
+            .await
+            .with_context(|| format!("downloading {}", up.source.text()))?;
+        tracing::info!(image = up.source.text(), manifest = %got.manifest_digest, layers = got.layers, bytes = got.bytes, "downloaded from the registry");
+        sources.push(layout);
+        let mut v = control::call(home, &Request::Publish { channel: channel.into(), sources, version, ttl_secs }).await?;
+        v["from_registry"] = serde_json::json!({
+            "image": up.source.text(),
+            "manifest_digest": got.manifest_digest,
+            "layers": got.layers,
+            "downloaded_bytes": got.bytes,
+        });
+        drop(tmp);
+        Ok(v)
+    })
 }
 
 /// `layerhop status` as a value.

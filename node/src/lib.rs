@@ -6,6 +6,7 @@
 //! - [`fetch`]: what a device still needs of a release; [`accept`]: whether it trusts one.
 //! - [`control`]: the daemon's local control socket; [`commands`]: the CLI's subcommands.
 //! - [`registry`]: the OCI registry mirror container engines pull through.
+//! - [`upstream`]: downloading an image from an upstream registry for `publish --from-registry`.
 //! - [`sample`]: generated images and models for the demo, the tests and the simulations.
 //!
 //! Errors: library-level pieces with callers that branch on the cause ([`accept::Refusal`])
@@ -36,3 +37,4 @@ pub mod strikes;
 #[allow(missing_docs)]
 pub mod swarm;
 pub mod traffic;
+pub mod upstream;

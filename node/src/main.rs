@@ -30,8 +30,9 @@ fn main() -> anyhow::Result<()> {
         ),
         Cmd::Invite { home, site, addr } => println!("{}", commands::invite(&Home::new(home.home), &site, &addr)?),
         Cmd::Run { home } => tokio::runtime::Runtime::new()?.block_on(daemon::run(&Home::new(home.home)))?,
-        Cmd::Publish { home, channel, version, ttl_secs, sources } => {
-            print_json(&commands::publish(&Home::new(home.home), &channel, &sources, version, ttl_secs)?)?
+        Cmd::Publish { home, channel, version, ttl_secs, sources, upstream } => {
+            let upstream = commands::Upstream::from_args(upstream)?;
+            print_json(&commands::publish_from(&Home::new(home.home), &channel, &sources, upstream.as_ref(), version, ttl_secs)?)?
         }
         Cmd::Status { home, json } => {
             let s = commands::status(&Home::new(home.home))?;

@@ -13,7 +13,17 @@ pub(crate) fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // `cargo test` runs this binary with the test crate's CARGO_MANIFEST_DIR, CARGO_PKG_*…;
+        // build scripts that watch them (ring's) would see a change and rebuild, and the next
+        // `cargo test` would rebuild them back: every run would recompile ring and its dependents.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k == "CARGO_MANIFEST_DIR" || k == "CARGO_MANIFEST_PATH" || k.starts_with("CARGO_PKG_") || k == "CARGO_CRATE_NAME" || k == "CARGO_PRIMARY_PACKAGE" || k == "OUT_DIR" {
+                build.env_remove(&*k);
+            }
+        }
+        let status = build
             .args(["build", "--release", "-p", "layerhop-node", "--bin", "layerhop"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()

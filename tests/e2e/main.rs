@@ -8,6 +8,7 @@ mod issue2_foundation;
 mod issue2_trust;
 mod issue3_site;
 mod issue4_engines;
+mod issue4_from_registry;
 mod issue4_registry;
 mod issue4_releases;
 mod issue5_faults;
