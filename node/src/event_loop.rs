@@ -36,6 +36,8 @@ pub enum Command {
     Announce(SignedRelease, oneshot::Sender<usize>),
     /// Consider a release handed over out of band (`layerhop offer`).
     Offer(SignedRelease, oneshot::Sender<Result<String, String>>),
+    /// Seed: the fleet view (None on a device).
+    Fleet(oneshot::Sender<Option<crate::fleet::FleetStatus>>),
     /// Stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -123,6 +125,12 @@ pub struct EventLoop {
     pub(crate) strikes: crate::strikes::Strikes,
     /// Site peers from the config, with the peer id found at each address once connected.
     configured_peers: HashMap<Multiaddr, Option<PeerId>>,
+    /// Chunk requests answered (for status and metrics).
+    pub(crate) served: Arc<crate::status::ServedCounters>,
+    /// Seed: the devices seen and what they hold.
+    pub(crate) fleet: crate::fleet::Fleet,
+    /// Device: what was last reported to the seed.
+    pub(crate) report: crate::report::SeedReport,
 }
 
 impl EventLoop {
@@ -162,6 +170,9 @@ impl EventLoop {
             peer_fetched: 0,
             strikes: Default::default(),
             configured_peers: configured,
+            served: Default::default(),
+            fleet: Default::default(),
+            report: Default::default(),
         };
         Ok((el, Handle { tx }))
     }
@@ -243,6 +254,9 @@ impl EventLoop {
             Command::Offer(signed, reply) => {
                 let _ = reply.send(self.consider(signed, None).map(|(_, what)| what));
             }
+            Command::Fleet(reply) => {
+                let _ = reply.send(self.fleet_view());
+            }
             Command::Shutdown(_) => {}
         }
     }
@@ -298,6 +312,7 @@ impl EventLoop {
             self.next_round(&channel);
         }
         self.send_state();
+        self.report_to_seed();
         self.pump();
     }
 
@@ -315,7 +330,7 @@ impl EventLoop {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                let class = self.classifier.class_of(&endpoint);
+                let class = self.classifier.connected(&endpoint, peer_id);
                 tracing::info!(peer = %peer_id, link = ?class, "connected");
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint
                     && let Some(slot) = self.configured_peers.get_mut(address)
@@ -429,6 +444,7 @@ impl EventLoop {
             (Some(Pending::Hello), Response::Peers(list)) if Some(peer) == self.seed() => {
                 self.on_peers(list);
                 self.send(&peer, Request::Releases, Pending::Releases);
+                self.seed_ready();
             }
             (Some(Pending::Hello), Response::Refused(why)) => {
                 tracing::warn!(%peer, reason = %why, "peer refused this node");
@@ -643,7 +659,7 @@ impl EventLoop {
         let mut seen = HashSet::new();
         for (channel, f) in &self.fetches {
             seen.insert(channel.clone());
-            let have = if f.complete { f.progress.total } else { f.progress.have };
+            let have = f.have_now();
             releases.push(ReleaseStatus {
                 channel: channel.clone(),
                 version: f.body.version,
@@ -701,6 +717,8 @@ impl EventLoop {
             traffic: self.classifier.counters.totals(),
             chunks_from_seed: self.seed_fetched,
             chunks_from_peers: self.peer_fetched,
+            banned_peers: self.strikes.banned_count(Instant::now()),
+            served: self.served.snapshot(),
         }
     }
 }

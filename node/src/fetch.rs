@@ -147,6 +147,16 @@ impl Fetch {
         self.progress.held.iter().chain(&self.landed_since_walk)
     }
 
+    /// Bytes of data chunks held now: the last walk's count plus the data chunks landed since
+    /// (a walk happens only when a round is over, which for most releases is at the end).
+    pub fn have_now(&self) -> u64 {
+        if self.complete {
+            return self.progress.total;
+        }
+        let since: u64 = self.landed_since_walk.iter().filter_map(|id| self.progress.missing_data.get(id)).sum();
+        (self.progress.have + since).min(self.progress.total)
+    }
+
     /// Chunks this node is fetching from the seed now.
     pub fn seed_claims(&self) -> impl Iterator<Item = &ChunkId> {
         self.wants.iter().filter(|(_, w)| w.in_flight == Some(Source::Seed)).map(|(id, _)| id)

@@ -221,6 +221,9 @@ pub struct Progress {
     pub missing: Vec<ChunkId>,
     /// Chunks present (data chunks and interior nodes), each once.
     pub held: Vec<ChunkId>,
+    /// The missing data chunks among `missing`, with their lengths (so a fetch can count the
+    /// bytes that land before the next walk).
+    pub missing_data: std::collections::HashMap<ChunkId, u64>,
 }
 
 impl Progress {
@@ -248,6 +251,7 @@ pub fn progress(store: &Store, blobs: &[BlobRef]) -> Result<Progress> {
                 }
             } else if seen.insert(e.id) {
                 p.missing.push(e.id);
+                p.missing_data.insert(e.id, e.len);
             }
             continue;
         }
