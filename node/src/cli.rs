@@ -49,6 +49,10 @@ pub enum Cmd {
         /// for an ephemeral one), or "off". Default: 127.0.0.1:5000.
         #[arg(long, value_name = "ADDR")]
         registry: Option<String>,
+        /// Address of the Prometheus endpoint (`GET /metrics`; "HOST:PORT", port 0 for an
+        /// ephemeral one), or "off". Default: 127.0.0.1:9410.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Seed: print a join token for a new device.
     Invite {
@@ -100,6 +104,48 @@ pub enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Seed: list sites, their devices, the release each holds and the metered bytes per site
+    /// (counted by the seed since it started).
+    Fleet {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until the node holds a channel's release complete, showing progress (a bar on a
+    /// terminal, plain lines otherwise); exits non-zero on timeout.
+    Wait {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// Channel name.
+        #[arg(long)]
+        channel: String,
+        /// Wait for this version or a newer one (default: any release of the channel).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
+    },
+    /// Install the systemd unit for this home (`/etc/systemd/system/layerhop.service`), or
+    /// print it with --dry-run.
+    InstallService {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// User the service runs as (default: root, without any capability).
+        #[arg(long)]
+        user: Option<String>,
+        /// Print the unit instead of writing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Directory to write the unit into.
+        #[arg(long, default_value = crate::install::UNIT_DIR)]
+        unit_dir: PathBuf,
     },
     /// Write a channel's newest release: model files into a directory, each image as a
     /// `docker load`-able tarball (or, for a release that is one image, to OUT if it ends in .tar).

@@ -15,15 +15,40 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
 }
 
-/// `layerhop init` with the default registry address.
+/// `layerhop init` with the default registry and metrics addresses.
 pub fn init(home: &Home, seed: bool, join: Option<&str>, listen: &[String], mdns: bool) -> Result<String> {
     init_with_registry(home, seed, join, listen, mdns, None)
 }
 
 /// `layerhop init`; `registry` is `init --registry` ("HOST:PORT" or "off"; None: the default).
 pub fn init_with_registry(home: &Home, seed: bool, join: Option<&str>, listen: &[String], mdns: bool, registry: Option<&str>) -> Result<String> {
-    let registry = registry.unwrap_or(crate::registry::DEFAULT_ADDR);
+    init_with(home, &InitOptions { seed, join, listen, mdns, registry, metrics: None })
+}
+
+/// What `layerhop init` is told.
+#[derive(Debug, Default)]
+pub struct InitOptions<'a> {
+    /// Make a seed.
+    pub seed: bool,
+    /// A device's join token.
+    pub join: Option<&'a str>,
+    /// Listen multiaddrs (empty: the role's default).
+    pub listen: &'a [String],
+    /// Find site peers by mDNS.
+    pub mdns: bool,
+    /// `--registry` ("HOST:PORT" or "off"; None: the default).
+    pub registry: Option<&'a str>,
+    /// `--metrics` ("HOST:PORT" or "off"; None: the default).
+    pub metrics: Option<&'a str>,
+}
+
+/// `layerhop init`.
+pub fn init_with(home: &Home, o: &InitOptions<'_>) -> Result<String> {
+    let (seed, join, listen, mdns) = (o.seed, o.join, o.listen, o.mdns);
+    let registry = o.registry.unwrap_or(crate::registry::DEFAULT_ADDR);
     config::parse_registry(registry).context("--registry")?;
+    let metrics = o.metrics.unwrap_or(crate::metrics::DEFAULT_ADDR);
+    config::parse_metrics(metrics).context("--metrics")?;
     if home.config().exists() {
         bail!("{} already exists: this home is initialized", home.config().display());
     }
@@ -53,6 +78,7 @@ pub fn init_with_registry(home: &Home, seed: bool, join: Option<&str>, listen: &
             fleet_key: &fleet.public().to_hex(),
             mdns: false,
             registry,
+            metrics,
         })
     } else {
         let t = token.ok_or_else(|| anyhow!("pass --seed or --join TOKEN"))?;
@@ -68,6 +94,7 @@ pub fn init_with_registry(home: &Home, seed: bool, join: Option<&str>, listen: &
             fleet_key: &t.fleet.to_hex(),
             mdns,
             registry,
+            metrics,
         })
     };
     Config::parse(&text).context("the generated config does not validate")?;
@@ -112,7 +139,7 @@ pub fn invite(home: &Home, site: &str, addrs: &[String]) -> Result<String> {
     Ok(token.encode())
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+pub(crate) fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }
 
@@ -210,29 +237,73 @@ pub fn status(home: &Home) -> Result<Status> {
     serde_json::from_value(v).context("decoding status")
 }
 
-/// Human form of a status.
+/// Human form of a status: who this node is, its site peers, releases with progress, and the
+/// bytes it moved by link class since it started.
 pub fn render_status(s: &Status) -> String {
-    let mut out = format!("peer {}  role {:?}  site {}\n", s.peer_id, s.role, s.site);
+    use indicatif::HumanBytes;
+    let role = serde_json::to_value(s.role).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let mut out = format!("peer {}  {role}  site {}\n", s.peer_id, s.site);
     out += &format!("listening on {}\n", s.listen_addrs.join(", "));
-    out += &format!("peers: {}\n", s.peers.len());
-    for p in &s.peers {
-        out += &format!("  {} ({}{})\n", p.peer_id, p.link, if p.seed { ", seed" } else { "" });
+    let members: Vec<_> = s.peers.iter().filter(|p| p.site_member).collect();
+    let seed = s.peers.iter().find(|p| p.seed);
+    match s.role {
+        Role::Device => {
+            out += &format!("seed: {}\n", seed.map_or("not connected".to_owned(), |p| format!("connected ({}, {} link)", p.peer_id, p.link)));
+            out += &format!("site peers: {}\n", members.len());
+            for p in &members {
+                out += &format!("  {} ({})\n", p.peer_id, p.link);
+            }
+        }
+        Role::Seed => out += &format!("devices connected: {} (see `layerhop fleet`)\n", s.peers.len()),
     }
-    out += "releases:\n";
+    let others = s.peers.len() - members.len() - usize::from(seed.is_some() && s.role == Role::Device);
+    if s.role == Role::Device && others > 0 {
+        out += &format!("other peers: {others} (not members of this site)\n");
+    }
+    if s.banned_peers > 0 {
+        out += &format!("banned peers: {}\n", s.banned_peers);
+    }
+    out += &format!("releases: {}\n", s.releases.len());
     for r in &s.releases {
         let pct = if r.bytes_total == 0 { 100.0 } else { r.bytes_have as f64 * 100.0 / r.bytes_total as f64 };
+        let state = if r.complete {
+            "complete".to_owned()
+        } else if let Some(why) = &r.stalled {
+            format!("stalled: {why}")
+        } else {
+            format!("fetching, {} chunks to go", r.chunks_missing)
+        };
         out += &format!(
-            "  {} v{}  {}  {}/{} bytes ({pct:.1}%)\n",
+            "  {} v{}  {}/{} ({pct:.1}%)  {state}\n",
             r.channel,
             r.version,
-            if r.complete { "complete" } else { "fetching" },
-            r.bytes_have,
-            r.bytes_total
+            HumanBytes(r.bytes_have),
+            HumanBytes(r.bytes_total)
         );
     }
     let t = s.traffic;
-    out += &format!("traffic: metered in {} out {}  lan in {} out {}\n", t.metered_in, t.metered_out, t.lan_in, t.lan_out);
+    out += &format!(
+        "metered link: {} in, {} out (total {})\n",
+        HumanBytes(t.metered_in),
+        HumanBytes(t.metered_out),
+        HumanBytes(t.metered_in + t.metered_out)
+    );
+    out += &format!("LAN: {} in, {} out\n", HumanBytes(t.lan_in), HumanBytes(t.lan_out));
+    out += &format!(
+        "chunks fetched: {} from the seed, {} from site peers; served {} chunks ({}) in {} requests\n",
+        s.chunks_from_seed,
+        s.chunks_from_peers,
+        s.served.chunks,
+        HumanBytes(s.served.bytes),
+        s.served.requests
+    );
     out
+}
+
+/// `layerhop fleet` (seed).
+pub fn fleet(home: &Home) -> Result<crate::fleet::FleetStatus> {
+    let v = block_on(control::call(home, &Request::Fleet))?;
+    serde_json::from_value(v).context("decoding the fleet view")
 }
 
 /// `layerhop export`.

@@ -77,6 +77,11 @@ registry = "{registry}"
 # Seconds a registry blob request waits for chunks still being fetched; 0 answers 404 at once
 # (the engine then falls back to its upstream registry). Default: 0.
 registry_wait_secs = 0
+
+# The Prometheus endpoint (GET /metrics, OpenMetrics text): "HOST:PORT" to listen on, or "off".
+# Plain HTTP without authentication: keep it on loopback or a management network.
+# Default: "127.0.0.1:9410".
+metrics = "{metrics}"
 "#;
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -119,6 +124,8 @@ struct File {
     registry: Option<String>,
     #[serde(default)]
     registry_wait_secs: Option<u64>,
+    #[serde(default)]
+    metrics: Option<String>,
 }
 
 /// A node's role.
@@ -172,6 +179,13 @@ pub struct Config {
     pub registry: Option<std::net::SocketAddr>,
     /// How long a registry blob request waits for missing chunks (zero: 404 at once).
     pub registry_wait: Duration,
+    /// Where the Prometheus endpoint listens; None when it is off.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// A `metrics` value: "off", or an address to listen on ("HOST:PORT", an IP host).
+pub fn parse_metrics(v: &str) -> Result<Option<std::net::SocketAddr>> {
+    parse_registry(v)
 }
 
 /// A `registry` value: "off", or an address to listen on ("HOST:PORT", an IP host).
@@ -265,6 +279,7 @@ impl Config {
             bail!("key `request_timeout_secs`: {timeout} is not between 1 and 3600");
         }
         let registry = parse_registry(f.registry.as_deref().unwrap_or(crate::registry::DEFAULT_ADDR)).context("key `registry`")?;
+        let metrics = parse_metrics(f.metrics.as_deref().unwrap_or(crate::metrics::DEFAULT_ADDR)).context("key `metrics`")?;
         let registry_wait = f.registry_wait_secs.unwrap_or(0);
         if registry_wait > 3600 {
             bail!("key `registry_wait_secs`: {registry_wait} is not between 0 and 3600");
@@ -293,6 +308,7 @@ impl Config {
             request_timeout: Duration::from_secs(timeout),
             registry,
             registry_wait: Duration::from_secs(registry_wait),
+            metrics,
         })
     }
 
@@ -322,6 +338,8 @@ pub struct TemplateValues<'a> {
     pub mdns: bool,
     /// The registry address or "off".
     pub registry: &'a str,
+    /// The metrics address or "off".
+    pub metrics: &'a str,
 }
 
 /// Render the config file for `layerhop init`.
@@ -337,6 +355,7 @@ pub fn render(v: &TemplateValues<'_>) -> String {
         .replace("{fleet_key}", v.fleet_key)
         .replace("{mdns}", if v.mdns { "true" } else { "false" })
         .replace("{registry}", v.registry)
+        .replace("{metrics}", v.metrics)
 }
 
 #[cfg(test)]
@@ -345,8 +364,9 @@ mod tests {
 
     #[test]
     fn template_parses_and_errors_name_their_key() {
-        let seed = render(&TemplateValues { role: "seed", site: "default", listen: &[], seed_addrs: &[], seed_peer: "", publisher_key: "", fleet_key: "", mdns: true, registry: "127.0.0.1:5000" });
+        let seed = render(&TemplateValues { role: "seed", site: "default", listen: &[], seed_addrs: &[], seed_peer: "", publisher_key: "", fleet_key: "", mdns: true, registry: "127.0.0.1:5000", metrics: "127.0.0.1:9410" });
         let c = Config::parse(&seed).expect("seed config");
+        assert_eq!(c.metrics, Some("127.0.0.1:9410".parse().expect("addr")));
         assert_eq!(c.listen[0].to_string(), "/ip4/0.0.0.0/tcp/7410");
         let err = format!("{:#}", Config::parse("role = \"seed\"\nparallel_requests = 0").expect_err("bad"));
         assert!(err.contains("parallel_requests"), "{err}");
@@ -365,6 +385,9 @@ mod tests {
         assert_eq!(Config::parse("role = \"seed\"\nregistry = \"off\"").expect("off").registry, None);
         let err = format!("{:#}", Config::parse("role = \"seed\"\nregistry = \"localhost\"").expect_err("bad"));
         assert!(err.contains("registry"), "{err}");
+        assert_eq!(Config::parse("role = \"seed\"\nmetrics = \"off\"").expect("off").metrics, None);
+        let err = format!("{:#}", Config::parse("role = \"seed\"\nmetrics = \"9410\"").expect_err("bad"));
+        assert!(err.contains("metrics"), "{err}");
         let err = format!("{:#}", Config::parse("role = \"seed\"\nregistry_wait_secs = 99999").expect_err("bad"));
         assert!(err.contains("registry_wait_secs"), "{err}");
     }

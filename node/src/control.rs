@@ -47,6 +47,10 @@ pub enum Request {
         /// Hex of the encoded signed release.
         release_hex: String,
     },
+    /// Seed: the fleet view (sites, devices, releases held, metered bytes per site).
+    Fleet,
+    /// Progress of the publish running now, if any.
+    PublishProgress,
     /// Stop the daemon.
     Shutdown,
 }
@@ -72,6 +76,28 @@ pub struct Server {
     pub ttl: Duration,
     /// Serializes publishes so versions are assigned in order.
     pub publish_lock: tokio::sync::Mutex<()>,
+    /// The store's import counter when the running publish started (None: no publish).
+    pub publishing: std::sync::Mutex<Option<u64>>,
+}
+
+/// How far the running publish is, as `PublishProgress` answers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct PublishProgress {
+    /// Whether a publish is importing now.
+    pub active: bool,
+    /// Source bytes it has read so far.
+    pub bytes_read: u64,
+}
+
+/// Clears the running publish's start mark when the publish ends, however it ends.
+struct Publishing<'a>(&'a std::sync::Mutex<Option<u64>>);
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = None;
+        }
+    }
 }
 
 /// Bind the socket, replacing a stale one left by a crashed daemon.
@@ -134,6 +160,19 @@ impl Server {
                 let r = self.handle.call(|tx| Command::Offer(signed, tx)).await.ok_or_else(|| anyhow!("daemon is stopping"))?;
                 r.map(serde_json::Value::String).map_err(|e| anyhow!(e))
             }
+            Request::Fleet => {
+                let f = self.handle.call(Command::Fleet).await.ok_or_else(|| anyhow!("daemon is stopping"))?;
+                let f = f.ok_or_else(|| anyhow!("only a seed keeps the fleet view; this node is a device"))?;
+                Ok(serde_json::to_value(f)?)
+            }
+            Request::PublishProgress => {
+                let start = self.publishing.lock().map_err(|_| anyhow!("publish state poisoned"))?.to_owned();
+                let p = match start {
+                    Some(s) => PublishProgress { active: true, bytes_read: self.store.imported_bytes().saturating_sub(s) },
+                    None => PublishProgress::default(),
+                };
+                Ok(serde_json::to_value(p)?)
+            }
             Request::Shutdown => {
                 self.handle.call(Command::Shutdown).await;
                 Ok(serde_json::Value::Null)
@@ -148,6 +187,10 @@ impl Server {
             bail!("nothing to publish: name at least one source");
         }
         let _guard = self.publish_lock.lock().await;
+        if let Ok(mut p) = self.publishing.lock() {
+            *p = Some(self.store.imported_bytes());
+        }
+        let _publishing = Publishing(&self.publishing);
         let store = self.store.clone();
         let ttl = ttl_secs.map(Duration::from_secs).unwrap_or(self.ttl);
         let started = std::time::Instant::now();

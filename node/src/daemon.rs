@@ -58,6 +58,7 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     let listener = control::bind(&home.control_socket()).await?;
     let registry = crate::registry::start(&cfg, home, store.clone(), verify_key).await;
     let ttl = cfg.release_ttl;
+    let metrics_cfg = cfg.clone();
     let role = cfg.role;
     let parts = Parts { store: store.clone(), cfg, classifier, listen_file: home.listen_addrs(), credential, fleet_key };
     let (event_loop, handle) = EventLoop::new(swarm, parts).context("starting the chunk writer")?;
@@ -68,7 +69,9 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
         verify_key,
         ttl,
         publish_lock: tokio::sync::Mutex::new(()),
+        publishing: Default::default(),
     });
+    let metrics = crate::metrics::start(&metrics_cfg, home, handle.clone()).await;
     tracing::info!(%peer_id, ?role, home = %home.root().display(), "layerhop node started");
     let control_task = tokio::spawn(server.serve(listener));
     let mut loop_task = tokio::spawn(event_loop.run());
@@ -83,6 +86,9 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     control_task.abort();
     if let Some(r) = registry {
         r.stop();
+    }
+    if let Some(m) = metrics {
+        m.stop();
     }
     let _ = std::fs::remove_file(home.control_socket());
     let _ = std::fs::remove_file(home.listen_addrs());

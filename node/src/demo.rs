@@ -97,7 +97,9 @@ pub fn run(o: &Options) -> Result<()> {
     println!("layerhop demo: 1 seed + {} devices on one site (127.0.0.1), in {}", o.devices, root.display());
     let mut nodes = Nodes::default();
     let seed = Home::new(root.join("seed"));
-    commands::init_with_registry(&seed, true, None, &["/ip4/127.0.0.1/tcp/0".into()], false, Some("off"))?;
+    let listen = ["/ip4/127.0.0.1/tcp/0".to_owned()];
+    let off = commands::InitOptions { listen: &listen, registry: Some("off"), metrics: Some("off"), ..Default::default() };
+    commands::init_with(&seed, &commands::InitOptions { seed: true, ..off })?;
     nodes.start(&exe, seed.root())?;
     wait_for("the seed to listen", Duration::from_secs(30), || {
         std::fs::read_to_string(seed.listen_addrs()).ok().filter(|s| !s.trim().is_empty())
@@ -107,8 +109,8 @@ pub fn run(o: &Options) -> Result<()> {
         let token = commands::invite(&seed, "demo-site", &[])?;
         let home = Home::new(root.join(format!("device-{i}")));
         // mDNS off: the demo's nodes share 127.0.0.1, and it must not multicast on the host's LAN.
-        // The registry mirror is off too: the demo's devices would all want 127.0.0.1:5000.
-        commands::init_with_registry(&home, false, Some(&token), &["/ip4/127.0.0.1/tcp/0".into()], false, Some("off"))?;
+        // The registry mirror and metrics are off too: every device would want the same port.
+        commands::init_with(&home, &commands::InitOptions { join: Some(&token), listen: &listen, registry: Some("off"), metrics: Some("off"), ..Default::default() })?;
         nodes.start(&exe, home.root())?;
         devices.push(home);
     }

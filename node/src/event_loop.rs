@@ -42,6 +42,8 @@ pub enum Command {
     Announce(SignedRelease, oneshot::Sender<usize>),
     /// Consider a release handed over out of band (`layerhop offer`).
     Offer(SignedRelease, oneshot::Sender<Result<String, String>>),
+    /// Seed: the fleet view (None on a device).
+    Fleet(oneshot::Sender<Option<crate::fleet::FleetStatus>>),
     /// Stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -139,6 +141,12 @@ pub struct EventLoop {
     deferred_dials: HashMap<PeerId, (Vec<Multiaddr>, Instant)>,
     /// When each member was last asked for its releases (because it has one unknown here).
     pub(crate) last_releases_ask: HashMap<PeerId, Instant>,
+    /// Chunk requests answered (for status and metrics).
+    pub(crate) served: Arc<crate::status::ServedCounters>,
+    /// Seed: the devices seen and what they hold.
+    pub(crate) fleet: crate::fleet::Fleet,
+    /// Device: what was last reported to the seed.
+    pub(crate) report: crate::report::SeedReport,
 }
 
 impl EventLoop {
@@ -183,6 +191,9 @@ impl EventLoop {
             last_unpark: Instant::now(),
             deferred_dials: HashMap::new(),
             last_releases_ask: HashMap::new(),
+            served: Default::default(),
+            fleet: Default::default(),
+            report: Default::default(),
         };
         Ok((el, Handle { tx }))
     }
@@ -270,6 +281,9 @@ impl EventLoop {
             Command::Offer(signed, reply) => {
                 let _ = reply.send(self.consider(signed, None).map(|(_, what)| what));
             }
+            Command::Fleet(reply) => {
+                let _ = reply.send(self.fleet_view());
+            }
             Command::Shutdown(_) => {}
         }
     }
@@ -341,6 +355,7 @@ impl EventLoop {
             self.next_round(&channel);
         }
         self.send_state();
+        self.report_to_seed();
         self.pump_due = true;
     }
 
@@ -358,7 +373,7 @@ impl EventLoop {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                let class = self.classifier.class_of(&endpoint);
+                let class = self.classifier.connected(&endpoint, peer_id);
                 tracing::info!(peer = %peer_id, link = ?class, "connected");
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint
                     && let Some(slot) = self.configured_peers.get_mut(address)
@@ -475,6 +490,7 @@ impl EventLoop {
             (Some(Pending::Hello), Response::Peers(list)) if Some(peer) == self.seed() => {
                 self.on_peers(list);
                 self.send(&peer, Request::Releases, Pending::Releases);
+                self.seed_ready();
             }
             (Some(Pending::Hello), Response::Refused(why)) => {
                 tracing::warn!(%peer, reason = %why, "peer refused this node");
@@ -709,7 +725,7 @@ impl EventLoop {
         let mut seen = HashSet::new();
         for (channel, f) in &self.fetches {
             seen.insert(channel.clone());
-            let have = if f.complete { f.progress.total } else { f.progress.have };
+            let have = f.have_now();
             releases.push(ReleaseStatus {
                 channel: channel.clone(),
                 version: f.body.version,
@@ -767,6 +783,8 @@ impl EventLoop {
             traffic: self.classifier.counters.totals(),
             chunks_from_seed: self.seed_fetched,
             chunks_from_peers: self.peer_fetched,
+            banned_peers: self.strikes.banned_count(Instant::now()),
+            served: self.served.snapshot(),
         }
     }
 }

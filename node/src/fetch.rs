@@ -265,6 +265,11 @@ impl Fetch {
         self.progress.held.iter().chain(&self.landed_since_walk)
     }
 
+    /// Bytes of data chunks held now (kept up to date as chunks land, see [`Fetch::landed`]).
+    pub fn have_now(&self) -> u64 {
+        if self.complete { self.progress.total } else { self.progress.have }
+    }
+
     /// Chunks this node is fetching from the seed now.
     pub fn seed_claims(&self) -> impl Iterator<Item = &ChunkId> {
         self.wants.iter().filter(|(_, w)| w.in_flight == Some(Source::Seed)).map(|(id, _)| id)

@@ -50,6 +50,16 @@ impl EventLoop {
                     self.refuse(peer, channel, "not a member of this site");
                 }
             }
+            Request::Holdings(list) => {
+                let known = self.cfg.role == Role::Seed
+                    && self.enrolled.contains_key(&peer)
+                    && self.fleet.report(&peer, list, crate::accept::system_now());
+                if known {
+                    self.reply(channel, Response::Ack);
+                } else {
+                    self.refuse(peer, channel, "holdings are reported to the seed, by enrolled devices");
+                }
+            }
             Request::Chunks(ids) => {
                 let allowed = match self.cfg.role {
                     Role::Seed => self.enrolled.contains_key(&peer),
@@ -65,8 +75,9 @@ impl EventLoop {
                 }
                 let store = self.store.clone();
                 let done = self.done_tx.clone();
+                let served = self.served.clone();
                 tokio::task::spawn_blocking(move || {
-                    let replies = ids
+                    let replies: Vec<ChunkReply> = ids
                         .iter()
                         .map(|id| match store.get(id) {
                             Ok(Some(bytes)) => crate::codec::compress(bytes),
@@ -77,6 +88,11 @@ impl EventLoop {
                             }
                         })
                         .collect();
+                    let (n, bytes) = replies.iter().fold((0, 0), |(n, b), r| match r {
+                        ChunkReply::Raw(x) | ChunkReply::Zstd(x) => (n + 1, b + x.len() as u64),
+                        ChunkReply::Missing => (n, b),
+                    });
+                    served.add(n, bytes);
                     let _ = done.blocking_send(Done::Serve { channel, response: Response::Chunks(replies) });
                 });
             }
@@ -113,6 +129,8 @@ impl EventLoop {
                 let newcomer = PeerInfo { peer: peer.to_bytes(), listen_addrs: hello.listen_addrs.clone() };
                 let others: Vec<PeerId> = members.iter().filter_map(|m| PeerId::from_bytes(&m.peer).ok()).collect();
                 tracing::info!(%peer, site = %cred.site, "device enrolled");
+                let enrolled = &self.enrolled;
+                self.fleet.enrolled(peer, &cred.site, crate::accept::system_now(), |p| enrolled.contains_key(p));
                 self.enrolled.insert(peer, Enrolled { site: cred.site, addrs: hello.listen_addrs, sharing: hello.site_sharing });
                 self.reply(channel, Response::Peers(members));
                 for o in others {

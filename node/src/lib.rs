@@ -4,7 +4,10 @@
 //! - [`daemon::run`]: `layerhop run`; [`event_loop`]: the task that owns the libp2p swarm.
 //! - [`traffic`]: per-link byte accounting on the raw TCP streams (metered vs LAN).
 //! - [`fetch`]: what a device still needs of a release; [`accept`]: whether it trusts one.
-//! - [`control`]: the daemon's local control socket; [`commands`]: the CLI's subcommands.
+//! - [`control`]: the daemon's local control socket; [`commands`]: the CLI's subcommands;
+//!   [`progress`]: their progress bars.
+//! - [`status`], [`metrics`] (Prometheus `/metrics`) and [`fleet`] (the seed's view of sites
+//!   and devices): what operators see; [`install`]: the systemd unit.
 //! - [`registry`]: the OCI registry mirror container engines pull through.
 //! - [`upstream`]: downloading an image from an upstream registry for `publish --from-registry`.
 //! - [`sample`]: generated images and models for the demo, the tests and the simulations.
@@ -24,9 +27,14 @@ pub mod daemon;
 pub mod demo;
 pub mod event_loop;
 pub mod fetch;
+pub mod fleet;
 pub mod home;
 mod inbound;
+pub mod install;
+pub mod metrics;
+pub mod progress;
 pub mod registry;
+mod report;
 pub mod sample;
 mod schedule;
 mod writer;

@@ -3,7 +3,7 @@
 use clap::Parser;
 use layerhop_node::cli::{Cli, Cmd};
 use layerhop_node::home::Home;
-use layerhop_node::{commands, daemon, demo};
+use layerhop_node::{commands, daemon, demo, progress};
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -24,15 +24,19 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {
-        Cmd::Init { home, seed, join, listen, no_mdns, registry } => println!(
-            "{}",
-            commands::init_with_registry(&Home::new(home.home), seed, join.as_deref(), &listen, !no_mdns, registry.as_deref())?
-        ),
+        Cmd::Init { home, seed, join, listen, no_mdns, registry, metrics } => {
+            let o = commands::InitOptions { seed, join: join.as_deref(), listen: &listen, mdns: !no_mdns, registry: registry.as_deref(), metrics: metrics.as_deref() };
+            println!("{}", commands::init_with(&Home::new(home.home), &o)?)
+        }
         Cmd::Invite { home, site, addr } => println!("{}", commands::invite(&Home::new(home.home), &site, &addr)?),
         Cmd::Run { home } => tokio::runtime::Runtime::new()?.block_on(daemon::run(&Home::new(home.home)))?,
         Cmd::Publish { home, channel, version, ttl_secs, sources, upstream } => {
-            let upstream = commands::Upstream::from_args(upstream)?;
-            print_json(&commands::publish_from(&Home::new(home.home), &channel, &sources, upstream.as_ref(), version, ttl_secs)?)?
+            let home = Home::new(home.home);
+            let out = match commands::Upstream::from_args(upstream)? {
+                Some(up) => commands::publish_from(&home, &channel, &sources, Some(&up), version, ttl_secs)?,
+                None => progress::publish(&home, &channel, &sources, version, ttl_secs)?,
+            };
+            print_json(&out)?
         }
         Cmd::Status { home, json } => {
             let s = commands::status(&Home::new(home.home))?;
@@ -41,6 +45,23 @@ fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", commands::render_status(&s));
             }
+        }
+        Cmd::Fleet { home, json } => {
+            let f = commands::fleet(&Home::new(home.home))?;
+            if json {
+                print_json(&serde_json::to_value(&f)?)?;
+            } else {
+                print!("{}", layerhop_node::fleet::render(&f));
+            }
+        }
+        Cmd::Wait { home, channel, version, timeout_secs } => {
+            let w = progress::WaitFor { channel, version, timeout: std::time::Duration::from_secs(timeout_secs) };
+            println!("{}", progress::wait(&Home::new(home.home), &w)?)
+        }
+        Cmd::InstallService { home, user, dry_run, unit_dir } => {
+            let exe = std::env::current_exe()?;
+            let o = layerhop_node::install::Options { home: std::path::absolute(&home.home)?, user, exe };
+            println!("{}", layerhop_node::install::run(&o, dry_run, &unit_dir)?)
         }
         Cmd::Export { home, channel, out } => print_json(&commands::export(&Home::new(home.home), &channel, &out)?)?,
         Cmd::Offer { home, release } => print_json(&commands::offer(&Home::new(home.home), &release)?)?,

@@ -1,8 +1,10 @@
-//! What `layerhop status` reports, as one serializable value.
+//! What `layerhop status` reports, as one serializable value; `/metrics` and the human
+//! `status` are renderings of it, so the three always agree.
 
 use crate::config::Role;
 use crate::traffic::Totals;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A node's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +29,49 @@ pub struct Status {
     /// Chunks this node fetched from site peers since it started.
     #[serde(default)]
     pub chunks_from_peers: u64,
+    /// Peers banned now (after repeated faults).
+    #[serde(default)]
+    pub banned_peers: usize,
+    /// What this node served to others since it started.
+    #[serde(default)]
+    pub served: Served,
+}
+
+/// Chunk requests this node answered.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Served {
+    /// Chunk requests answered.
+    pub requests: u64,
+    /// Chunks sent (a chunk asked for but not held is not counted).
+    pub chunks: u64,
+    /// Bytes of those chunks as sent (compressed where that was smaller).
+    pub bytes: u64,
+}
+
+/// The counters behind [`Served`], shared with the tasks that read chunks to serve.
+#[derive(Debug, Default)]
+pub struct ServedCounters {
+    requests: AtomicU64,
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl ServedCounters {
+    /// One request answered, with `chunks` chunks of `bytes` bytes.
+    pub fn add(&self, chunks: u64, bytes: u64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.chunks.fetch_add(chunks, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Read them.
+    pub fn snapshot(&self) -> Served {
+        Served {
+            requests: self.requests.load(Ordering::Relaxed),
+            chunks: self.chunks.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// One connected peer.

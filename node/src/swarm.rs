@@ -39,8 +39,8 @@ pub fn build(
             let c = classifier.clone();
             Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                 .map(move |stream: tcp::tokio::TcpStream, endpoint| {
-                    let class = c.decide(&endpoint, stream.0.local_addr().ok());
-                    Counted::new(stream, class, c.clone())
+                    let (class, link) = c.decide(&endpoint, stream.0.local_addr().ok());
+                    Counted::new(stream, class, link, c.clone())
                 })
                 .upgrade(Version::V1)
                 .authenticate(noise)

@@ -6,12 +6,19 @@
 //! the cloud); on a device, a link is metered when it goes to one of the seed's addresses or
 //! when its local address belongs to an interface the config names as metered (`wwan0`,
 //! `ppp0`), and LAN otherwise.
+//!
+//! Each connection also has its own [`LinkBytes`], bound to the peer once the connection is
+//! established ([`Classifier::connected`]), so a seed can tell what each device — and so each
+//! site — cost on the metered link ([`Classifier::peer_totals`]). Bytes of a connection before
+//! its handshake completed are in its `LinkBytes` too: nothing on the wire goes uncounted.
 
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::Multiaddr;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use serde::Serialize;
+use libp2p::PeerId;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,6 +57,46 @@ pub struct Totals {
     pub lan_out: u64,
 }
 
+/// The bytes of one connection, both directions.
+#[derive(Debug, Default)]
+pub struct LinkBytes {
+    inbound: AtomicU64,
+    outbound: AtomicU64,
+}
+
+impl LinkBytes {
+    fn add(&self, inbound: bool, n: usize) {
+        let c = if inbound { &self.inbound } else { &self.outbound };
+        c.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> (u64, u64) {
+        (self.inbound.load(Ordering::Relaxed), self.outbound.load(Ordering::Relaxed))
+    }
+}
+
+/// What a peer's connections moved, seen from this node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerBytes {
+    /// The class of its most recent connection.
+    pub class: Option<LinkClass>,
+    /// Bytes received from it.
+    pub received: u64,
+    /// Bytes sent to it.
+    pub sent: u64,
+}
+
+/// Per-peer books: the live connections' counters, and what closed ones moved.
+#[derive(Debug, Default)]
+struct PeerBook {
+    class: Option<LinkClass>,
+    live: Vec<Arc<LinkBytes>>,
+    closed: (u64, u64),
+}
+
+/// Peers whose books are kept; past this the quietest (no live connection) are forgotten.
+const MAX_PEER_BOOKS: usize = 100_000;
+
 impl Counters {
     fn add(&self, class: LinkClass, inbound: bool, n: usize) {
         let c = match (class, inbound) {
@@ -80,7 +127,11 @@ pub struct Classifier {
     metered_interfaces: Vec<String>,
     /// Class decided for each remote socket address at connection time, so the swarm's
     /// connection events agree with the byte counters.
-    decided: std::sync::Mutex<std::collections::HashMap<SocketAddr, LinkClass>>,
+    decided: std::sync::Mutex<HashMap<SocketAddr, LinkClass>>,
+    /// Connections not yet bound to a peer, by remote socket address.
+    unbound: std::sync::Mutex<HashMap<SocketAddr, Arc<LinkBytes>>>,
+    /// Per-peer books.
+    peers: std::sync::Mutex<HashMap<PeerId, PeerBook>>,
     /// The counters every connection adds to.
     pub counters: Counters,
 }
@@ -108,6 +159,8 @@ impl Classifier {
             seed_addrs: seed_addrs.iter().filter_map(socket_addr).collect(),
             metered_interfaces: metered_interfaces.to_vec(),
             decided: Default::default(),
+            unbound: Default::default(),
+            peers: Default::default(),
             counters: Counters::default(),
         })
     }
@@ -128,8 +181,9 @@ impl Classifier {
         })
     }
 
-    /// Decide the class of a new TCP connection from its endpoint and local address.
-    pub fn decide(&self, endpoint: &ConnectedPoint, local: Option<SocketAddr>) -> LinkClass {
+    /// Decide the class of a new TCP connection from its endpoint and local address, and open
+    /// its per-connection counters (bound to a peer by [`Classifier::connected`]).
+    pub fn decide(&self, endpoint: &ConnectedPoint, local: Option<SocketAddr>) -> (LinkClass, Arc<LinkBytes>) {
         let remote = Self::remote_of(endpoint);
         let class = if self.all_metered
             || remote.is_some_and(|r| self.seed_addrs.contains(&r))
@@ -145,7 +199,60 @@ impl Classifier {
             }
             d.insert(r, class);
         }
+        let link = Arc::new(LinkBytes::default());
+        if let (Some(r), Ok(mut u)) = (remote, self.unbound.lock()) {
+            // Connections that died before their handshake completed hold the only other
+            // reference: drop them.
+            if u.len() > 256 {
+                u.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            u.insert(r, link.clone());
+        }
+        (class, link)
+    }
+
+    /// A connection to `peer` is established: its class (as [`Classifier::class_of`]), and its
+    /// bytes from now on (and since it was opened) count towards `peer`. Two dials to the same
+    /// remote address at once cannot be told apart; then one of them stays unattributed.
+    pub fn connected(&self, endpoint: &ConnectedPoint, peer: PeerId) -> LinkClass {
+        let class = self.class_of(endpoint);
+        let link = Self::remote_of(endpoint).and_then(|r| self.unbound.lock().ok()?.remove(&r));
+        if let Ok(mut peers) = self.peers.lock() {
+            if peers.len() >= MAX_PEER_BOOKS && !peers.contains_key(&peer) {
+                peers.retain(|_, b| !b.live.is_empty());
+            }
+            let book = peers.entry(peer).or_default();
+            book.class = Some(class);
+            // Fold connections that are gone (only this book holds them) into `closed`.
+            book.live.retain(|l| {
+                if Arc::strong_count(l) > 1 {
+                    return true;
+                }
+                let (i, o) = l.read();
+                book.closed.0 += i;
+                book.closed.1 += o;
+                false
+            });
+            book.live.extend(link);
+        }
         class
+    }
+
+    /// What each peer's connections moved since this node started.
+    pub fn peer_totals(&self) -> HashMap<PeerId, PeerBytes> {
+        let Ok(peers) = self.peers.lock() else { return HashMap::new() };
+        peers
+            .iter()
+            .map(|(p, b)| {
+                let (mut received, mut sent) = b.closed;
+                for l in &b.live {
+                    let (i, o) = l.read();
+                    received += i;
+                    sent += o;
+                }
+                (*p, PeerBytes { class: b.class, received, sent })
+            })
+            .collect()
     }
 
     /// The class decided for a connection to or from `endpoint`.
@@ -164,13 +271,14 @@ impl Classifier {
 pub struct Counted<S> {
     inner: S,
     class: LinkClass,
+    link: Arc<LinkBytes>,
     classifier: Arc<Classifier>,
 }
 
 impl<S> Counted<S> {
-    /// Count `inner` as a link of `class`.
-    pub fn new(inner: S, class: LinkClass, classifier: Arc<Classifier>) -> Self {
-        Counted { inner, class, classifier }
+    /// Count `inner` as a link of `class`, and in `link` (its per-connection counters).
+    pub fn new(inner: S, class: LinkClass, link: Arc<LinkBytes>, classifier: Arc<Classifier>) -> Self {
+        Counted { inner, class, link, classifier }
     }
 }
 
@@ -179,6 +287,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             self.classifier.counters.add(self.class, true, *n);
+            self.link.add(true, *n);
         }
         r
     }
@@ -189,6 +298,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             self.classifier.counters.add(self.class, false, *n);
+            self.link.add(false, *n);
         }
         r
     }

@@ -28,6 +28,26 @@ pub enum Request {
     /// Site peer to site peer: what the sender holds and is fetching (sent on change and as a
     /// heartbeat; a peer not heard from within its lease is treated as gone).
     State(State),
+    /// Device to seed: the releases it holds, sent when that changes, for the seed's view of
+    /// the fleet (at most [`limits::MAX_RELEASES_LISTED`]). Added to protocol 1 as the last
+    /// variant: a node of an older build that receives it answers with a decode failure, which
+    /// the sender only logs.
+    Holdings(Vec<Holding>),
+}
+
+/// What a device holds of one release, as it reports it to the seed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    /// The release's channel.
+    pub channel: crate::Channel,
+    /// Its version.
+    pub version: u64,
+    /// Whether the device holds every chunk.
+    pub complete: bool,
+    /// Bytes of the release's data held when the report was sent.
+    pub bytes_have: u64,
+    /// Bytes of the release's data.
+    pub bytes_total: u64,
 }
 
 /// A node introducing itself.
@@ -184,6 +204,7 @@ impl Request {
                     Error::check_len("claim list", h.claims.len(), limits::MAX_HAVE_IDS)?;
                 }
             }
+            Request::Holdings(h) => Error::check_len("holding list", h.len(), limits::MAX_RELEASES_LISTED)?,
             Request::Releases | Request::Announce(_) => {}
         }
         Ok(r)
@@ -264,6 +285,15 @@ mod tests {
             let _ = Request::decode(&b);
             let _ = Response::decode(&b);
         }
+    }
+
+    #[test]
+    fn holdings_round_trip_and_are_bounded() {
+        let h = Holding { channel: crate::Channel::new("detector").expect("channel"), version: 7, complete: true, bytes_have: 10, bytes_total: 10 };
+        let r = Request::Holdings(vec![h.clone(); 3]);
+        assert_eq!(Request::decode(&r.encode().expect("encode")).expect("decode"), r);
+        let big = Request::Holdings(vec![h; limits::MAX_RELEASES_LISTED + 1]);
+        assert!(matches!(Request::decode(&big.encode().expect("encode")), Err(Error::TooLarge { .. })));
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use layerhop_node::control::{self, Request};
+use layerhop_node::commands::InitOptions;
 use layerhop_node::daemon;
 use layerhop_node::home::Home;
 use layerhop_node::status::Status;
@@ -269,16 +270,11 @@ pub fn set_config(home: &Home, keys: &toml::Table) -> Result<()> {
     std::fs::write(&path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
-/// Turn the node's registry mirror off when its config has the key: every node of the run
-/// shares 127.0.0.1, so only one could bind the default port, and the runner does not use it.
-fn registry_off(home: &Home) -> Result<()> {
-    let text = std::fs::read_to_string(home.config()).with_context(|| format!("reading {}", home.config().display()))?;
-    if text.lines().any(|l| l.split('=').next().is_some_and(|k| k.trim() == "registry")) {
-        let mut t = toml::Table::new();
-        t.insert("registry".into(), toml::Value::String("off".into()));
-        set_config(home, &t)?;
-    }
-    Ok(())
+/// Init options shared by every simulated node: no mDNS (the nodes share 127.0.0.1, and a
+/// simulation must not multicast on the host's LAN), and no registry mirror or metrics server
+/// (hundreds of nodes would fight over one port).
+fn no_servers() -> InitOptions<'static> {
+    InitOptions { registry: Some("off"), metrics: Some("off"), ..Default::default() }
 }
 
 /// A seed and the devices of every site.
@@ -302,8 +298,9 @@ impl Cluster {
         let mut seed = Node::new("seed".into(), "cloud", "seed", root.join("seed"), isolate);
         let home = seed.home.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            layerhop_node::commands::init(&home, true, None, &["/ip4/127.0.0.1/tcp/0".into()], false)?;
-            registry_off(&home)
+            let listen = ["/ip4/127.0.0.1/tcp/0".to_owned()];
+            layerhop_node::commands::init_with(&home, &InitOptions { seed: true, listen: &listen, ..no_servers() })?;
+            Ok(())
         })
         .await?
         .context("initializing the seed")?;
@@ -351,8 +348,8 @@ impl Cluster {
                 std::fs::create_dir_all(parent)?;
             }
             // mDNS off: the nodes share 127.0.0.1, and a test must not multicast on the host's LAN.
-            layerhop_node::commands::init(&home, false, Some(&token), &[listen], false)?;
-            registry_off(&home)?;
+            let listen = [listen];
+            layerhop_node::commands::init_with(&home, &InitOptions { join: Some(&token), listen: &listen, ..no_servers() })?;
             set_config(&home, &cfg)
         })
         .await?

@@ -55,6 +55,8 @@ pub struct Store {
     trust: Mutex<trust::Trust>,
     /// Whether each chunk write is fsynced before its rename (see [`Store::set_durable`]).
     durable: std::sync::atomic::AtomicBool,
+    /// Source bytes read by imports since the store was opened (see [`Store::imported_bytes`]).
+    import_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -94,6 +96,7 @@ impl Store {
             trust_file,
             trust: Mutex::new(trust),
             durable: std::sync::atomic::AtomicBool::new(true),
+            import_read: Default::default(),
         };
         if report.rebuilt {
             store.rebuild(&mut report)?;
@@ -148,6 +151,17 @@ impl Store {
     /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Source bytes read by imports since the store was opened: a publish's progress is this
+    /// counter's growth against the size of its sources.
+    pub fn imported_bytes(&self) -> u64 {
+        self.import_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Count what `r` reads as source bytes imported.
+    pub(crate) fn counting<R>(&self, r: R) -> import::Counting<R> {
+        import::Counting { inner: r, n: self.import_read.clone() }
     }
 
     /// Choose whether every chunk write is fsynced (default) or left to the OS until

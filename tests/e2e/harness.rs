@@ -176,7 +176,7 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("lh-").tempdir().expect("tempdir");
         let mut seed = Node { home: dir.path().join("seed"), child: None };
         // Registry mirrors off unless a test asks for one: many nodes share this host.
-        cli_ok(&["init", "--home", seed.home_arg(), "--seed", "--listen", "/ip4/127.0.0.1/tcp/0", "--registry", "off"]);
+        cli_ok(&["init", "--home", seed.home_arg(), "--seed", "--listen", "/ip4/127.0.0.1/tcp/0", "--registry", "off", "--metrics", "127.0.0.1:0"]);
         seed.start();
         let listen = seed.home.join("listen-addrs");
         wait_for("the seed's listen address", Duration::from_secs(30), || std::fs::read_to_string(&listen).ok().filter(|s| !s.trim().is_empty()))
@@ -203,6 +203,10 @@ impl Cluster {
         if !extra.contains(&"--registry") {
             args.extend_from_slice(&["--registry", "off"]);
         }
+        // Metrics on an ephemeral port (HOME/metrics-addr): nodes never contend for one.
+        if !extra.contains(&"--metrics") {
+            args.extend_from_slice(&["--metrics", "127.0.0.1:0"]);
+        }
         cli_ok(&args);
         d.start();
         self.devices.push(d);
@@ -213,7 +217,7 @@ impl Cluster {
     pub(crate) fn enroll(&self, site: &str, name: &str) -> Node {
         let token = cli_ok(&["invite", "--home", self.seed.home_arg(), "--site", site]);
         let d = Node::new(self.dir.path().join(name));
-        cli_ok(&["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--registry", "off"]);
+        cli_ok(&["init", "--home", d.home_arg(), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--registry", "off", "--metrics", "127.0.0.1:0"]);
         d
     }
 

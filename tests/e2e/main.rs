@@ -13,3 +13,4 @@ mod issue4_registry;
 mod issue4_releases;
 mod issue5_faults;
 mod issue6_netns;
+mod issue7_operating;

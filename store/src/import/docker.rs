@@ -110,7 +110,7 @@ pub(super) fn import(store: &Store, path: &Path, out: &mut Imported) -> Result<(
         let layers = entry
             .layers
             .iter()
-            .map(|l| open_member(path, &members, l))
+            .map(|l| open_member(path, &members, l).map(|r| Box::new(store.counting(r)) as Box<dyn Read>))
             .collect::<Result<Vec<_>>>()?;
         let what = format!("{}: image {}", path.display(), entry.config);
         import_image(store, out, &config, layers, entry.repo_tags.unwrap_or_default(), &what)?;

@@ -21,6 +21,20 @@ use std::path::{Path, PathBuf};
 /// Largest image config or manifest JSON accepted.
 pub(crate) const MAX_JSON: u64 = 16 * 1024 * 1024;
 
+/// A reader that adds what it reads to the store's import counter ([`Store::imported_bytes`]).
+pub(crate) struct Counting<R> {
+    pub(crate) inner: R,
+    pub(crate) n: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// What an import produced.
 #[derive(Debug, Default)]
 pub struct Imported {
@@ -88,7 +102,7 @@ fn import_dir(store: &Store, dir: &Path, prefix: &Path, out: &mut Imported) -> R
 pub fn import_file(store: &Store, path: &Path, name: String) -> Result<Artifact> {
     let f = std::fs::File::open(path).map_err(Error::io("open", path))?;
     let size = f.metadata().map_err(Error::io("stat", path))?.len();
-    let mut r = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f), false);
+    let mut r = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, store.counting(f)), false);
     let root = blob::with_writer_thread(store, |writer| {
         let mut w = writer();
         w.add_file(&mut r, size)?;

@@ -109,7 +109,7 @@ pub(super) fn import(store: &Store, dir: &Path, out: &mut Imported) -> Result<()
         let mut layers: Vec<Box<dyn Read>> = Vec::new();
         for l in &manifest.layers {
             let p = blob_path(dir, &l.digest)?;
-            layers.push(Box::new(std::fs::File::open(&p).map_err(Error::io("open", &p))?));
+            layers.push(Box::new(store.counting(std::fs::File::open(&p).map_err(Error::io("open", &p))?)));
         }
         // A bare `ref.name` is a tag; the layout's directory name stands in for the repository.
         let repo = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_else(|| "image".into());
