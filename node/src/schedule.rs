@@ -254,7 +254,7 @@ impl EventLoop {
     /// Tell every member what landed since the last message, and who this node is fetching
     /// from the seed; at least once a second as a heartbeat.
     pub(crate) fn send_state(&mut self) {
-        let members: Vec<PeerId> = self.site.members().map(|(p, _)| *p).collect();
+        let members: Vec<PeerId> = self.site.members().map(|(p, _)| *p).filter(|p| self.hello_acked.contains(p)).collect();
         let heartbeat = self.last_state.elapsed() >= Duration::from_secs(1);
         if members.is_empty() || (!self.state_dirty && !heartbeat) {
             for f in self.fetches.values_mut() {

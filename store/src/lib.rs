@@ -72,8 +72,17 @@ impl Store {
         let files = ChunkFiles::open(root)?;
         let index_dir = root.join("index");
         let mut report = OpenReport::default();
+        // A new store (no index, no chunks, no releases) is created, not rebuilt: nothing to warn
+        // about.
+        let fresh = !index_dir.exists() && !root.join("releases").exists() && files.is_empty();
         let db = match Self::open_index(&index_dir) {
             Ok(db) => db,
+            Err(_) if fresh => {
+                let db = sled::open(&index_dir)?;
+                db.insert(FORMAT_KEY, FORMAT)?;
+                db.flush()?;
+                db
+            }
             Err(reason) => {
                 tracing::warn!(index = %index_dir.display(), %reason, "rebuilding the index from the chunk files");
                 let aside = root.join(format!("index.damaged-{}", std::process::id()));
