@@ -30,6 +30,11 @@ const RELEASE_GRACE: Duration = Duration::from_secs(3);
 impl EventLoop {
     /// Send chunk requests while sources have room.
     pub(crate) fn pump(&mut self) {
+        // A full disk: the writer holds what arrived and retries; new chunks would only be
+        // fetched over the link to be dropped (it restarts pumping when a write succeeds).
+        if self.writer.disk_full().is_some() {
+            return;
+        }
         let limit = self.cfg.parallel_requests;
         let uplink = self.uplink();
         let sharing = self.cfg.site_sharing;
