@@ -329,6 +329,9 @@ impl EventLoop {
                     if Some(peer_id) == self.seed() {
                         self.dial_backoff = Duration::from_millis(500);
                         self.state_dirty = true;
+                        // Fetcher decisions cached while the uplink was down named nobody.
+                        self.site.epoch += 1;
+                        self.pump();
                     }
                 }
             }

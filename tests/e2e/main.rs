@@ -10,5 +10,7 @@ mod issue3_site;
 mod issue4_engines;
 mod issue4_registry;
 mod issue4_releases;
+mod issue5_crash_loop;
+mod issue5_disk_full;
 mod issue5_faults;
 mod issue6_netns;
