@@ -116,7 +116,7 @@ pub struct EventLoop {
     pub(crate) fetches: BTreeMap<String, Fetch>,
     pub(crate) peers: HashMap<PeerId, LinkClass>,
     pub(crate) site: Site,
-    pub(crate) writer: mpsc::Sender<crate::writer::Incoming>,
+    pub(crate) writer: crate::writer::Writer,
     pub(crate) seed_in_flight: usize,
     pub(crate) seed_fetched: u64,
     pub(crate) credential: Option<Credential>,
@@ -757,7 +757,7 @@ impl EventLoop {
                 images: f.body.images.len(),
                 expires_at: f.body.expires_at,
                 chunks_missing: f.wants.len(),
-                stalled: f.stalled.clone(),
+                stalled: f.stalled.clone().or_else(|| if f.complete { None } else { self.writer.disk_full() }),
             });
         }
         // A seed (or a device whose fetch state was not built) reports recorded releases.

@@ -39,6 +39,11 @@ impl EventLoop {
     pub(crate) fn pump(&mut self) {
         self.pump_due = false;
         self.last_pump = Instant::now();
+        // A full disk: the writer holds what arrived and retries; new chunks would only be
+        // fetched over the link to be dropped (it restarts pumping when a write succeeds).
+        if self.writer.disk_full().is_some() {
+            return;
+        }
         let limit = self.cfg.parallel_requests;
         let full = limit * MAX_IDS_PER_REQUEST;
         let uplink = self.uplink();
