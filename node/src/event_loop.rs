@@ -135,6 +135,8 @@ pub struct EventLoop {
     configured_peers: HashMap<Multiaddr, Option<PeerId>>,
     /// Site peers that accepted this node's hello (and so accept its state messages).
     pub(crate) hello_acked: HashSet<PeerId>,
+    /// Received chunks handed to the writer and not yet reported stored.
+    pub(crate) writing: usize,
     /// Something changed that may let the pump send requests.
     pub(crate) pump_due: bool,
     pub(crate) last_pump: Instant,
@@ -189,6 +191,7 @@ impl EventLoop {
             strikes: Default::default(),
             configured_peers: configured,
             hello_acked: HashSet::new(),
+            writing: 0,
             pump_due: false,
             last_pump: Instant::now(),
             last_unpark: Instant::now(),
@@ -584,6 +587,7 @@ impl EventLoop {
                 let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
             }
             Done::Stored { channel, id, result, source, below } => {
+                self.writing = self.writing.saturating_sub(1);
                 let ok = match result {
                     Ok(()) => true,
                     Err(reason) => {

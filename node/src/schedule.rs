@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 /// How long to leave a chunk the seed said it lacks before asking the seed again.
 const SEED_LACK_RETRY: Duration = Duration::from_secs(5);
 
+/// Received chunks waiting for the writer above which no new chunk is requested: one batch.
+const WRITE_BACKLOG: usize = 64;
+
 /// Parked wants are all looked at again this often, whatever else happens: a claim can vanish
 /// without the member ever holding the chunk (it gave up, or its state message was lost).
 pub(crate) const UNPARK_SWEEP: Duration = Duration::from_secs(2);
@@ -42,6 +45,13 @@ impl EventLoop {
         // A full disk: the writer holds what arrived and retries; new chunks would only be
         // fetched over the link to be dropped (it restarts pumping when a write succeeds).
         if self.writer.disk_full().is_some() {
+            return;
+        }
+        // Backpressure from the disk: received chunks waiting to be written are memory, and
+        // lost (fetched again) if the node dies. A network faster than the disk would otherwise
+        // fill the writer's queue; so no new requests while a batch's worth is waiting. Each
+        // stored chunk wakes the pump again.
+        if self.writing >= WRITE_BACKLOG {
             return;
         }
         let limit = self.cfg.parallel_requests;
@@ -201,7 +211,9 @@ impl EventLoop {
             // A chunk no longer wanted (it landed from elsewhere meanwhile) is not stored twice.
             let Some(entry) = self.fetches.get(&channel).and_then(|f| f.entry(&id)) else { continue };
             let incoming = Incoming { channel: channel.clone(), id, reply, source, entry };
-            if self.writer.try_send(incoming).is_err() {
+            if self.writer.try_send(incoming).is_ok() {
+                self.writing += 1;
+            } else {
                 // Cannot happen while requests in flight stay far below the queue; if it does,
                 // the chunk is simply wanted again.
                 tracing::warn!(chunk = %id, "chunk writer queue full; chunk dropped and wanted again");
