@@ -141,6 +141,10 @@ pub struct EventLoop {
     pub(crate) peer_creds: HashMap<PeerId, [u8; 16]>,
     /// When this node last offered its trust bundle to a peer with a release under an unknown key.
     pub(crate) trust_asked: HashMap<PeerId, Instant>,
+    /// Inbound connections that failed or were denied (limits, bad handshakes).
+    refused_connections: u64,
+    /// Requests refused (not enrolled, not a site member, …).
+    pub(crate) refused_requests: u64,
     pub(crate) enrolled: HashMap<PeerId, Enrolled>,
     pub(crate) listen_addrs: Vec<Multiaddr>,
     next_dial: Instant,
@@ -200,6 +204,8 @@ impl EventLoop {
             revoked,
             peer_creds: HashMap::new(),
             trust_asked: HashMap::new(),
+            refused_connections: 0,
+            refused_requests: 0,
             enrolled: HashMap::new(),
             listen_addrs: Vec::new(),
             next_dial: Instant::now(),
@@ -444,6 +450,10 @@ impl EventLoop {
                     self.peer_creds.remove(&peer_id);
                     self.trust_asked.remove(&peer_id);
                 }
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                self.refused_connections += 1;
+                tracing::debug!(from = %send_back_addr, %error, "incoming connection refused");
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "connection failed");
@@ -830,6 +840,8 @@ impl EventLoop {
             chunks_from_peers: self.peer_fetched,
             banned_peers: self.strikes.banned_count(Instant::now()),
             revocations_version: self.revoked.version,
+            refused_connections: self.refused_connections,
+            refused_requests: self.refused_requests,
             revoked: self.revoked.devices.len() + self.revoked.peers.len(),
             publisher_key: self.release_keys().last().map(|k| k.to_hex()),
             served: self.served.snapshot(),

@@ -19,6 +19,7 @@ impl EventLoop {
 
     fn refuse(&mut self, peer: PeerId, channel: ResponseChannel<Response>, why: &str) {
         tracing::warn!(%peer, reason = why, "request refused");
+        self.refused_requests += 1;
         self.reply(channel, Response::Refused(why.into()));
     }
 

@@ -12,6 +12,7 @@ mod issue4_from_registry;
 mod issue4_registry;
 mod issue4_releases;
 mod issue5_faults;
+mod issue5_limits;
 mod issue5_trust;
 mod issue6_netns;
 mod issue7_operating;
