@@ -67,6 +67,30 @@ pub enum Cmd {
         #[arg(long)]
         addr: Vec<String>,
     },
+    /// Seed: revoke enrolled devices. The seed refuses them at once and signs a new revocation
+    /// list that devices receive and enforce (their site peers disconnect them). The seed must
+    /// be running.
+    Revoke {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+        /// A device's libp2p peer id (repeatable); if it is connected, the credential it
+        /// presented is revoked too.
+        #[arg(long, required_unless_present = "token_id")]
+        peer: Vec<String>,
+        /// A credential's token id, as `layerhop invite` prints it (repeatable).
+        #[arg(long)]
+        token_id: Vec<String>,
+    },
+    /// Seed: replace the publisher key. The current key signs a statement naming a new key;
+    /// devices accept releases signed by the new key once they hold the statement (it is pushed
+    /// to them), and refuse releases signed by any key that was not rotated in. The seed must
+    /// be running.
+    RotateKey {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
+    },
     /// Run the node's daemon (seed or device) until SIGINT/SIGTERM.
     Run {
         /// The node's home.

@@ -1,7 +1,8 @@
 //! The request-response codec: a 4-byte little-endian length, then a postcard message.
 //!
 //! The length is checked against the protocol's bound before a byte of the body is read, so an
-//! oversized message is refused as "too large" (not buffered, not misreported as a decode error).
+//! oversized message is refused as "too large" (not buffered, not misreported as a decode error),
+//! and the body is buffered as it arrives, never allocated ahead of the bytes.
 //! Chunk payloads may be zstd-compressed by the sender ([`compress`]); [`decompress`] bounds
 //! its output at the chunk limit.
 
@@ -22,8 +23,13 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize, what:
     if len > limit {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what} of {len} bytes is over the {limit}-byte limit")));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Grow with what arrives: a peer that announces a large message and sends nothing costs
+    // nothing (the exchange's deadline ends it).
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{what} ended after {} of {len} bytes", buf.len())));
+    }
     Ok(buf)
 }
 

@@ -129,14 +129,35 @@ pub fn invite(home: &Home, site: &str, addrs: &[String]) -> Result<String> {
     for a in &seed_addrs {
         a.parse::<libp2p::Multiaddr>().with_context(|| format!("--addr {a:?} is not a multiaddr"))?;
     }
+    let pinned = cfg.publisher_key.unwrap_or(publisher.public());
     let token = JoinToken {
         seed_addrs,
         seed_peer: peer.to_bytes(),
-        publisher: publisher.public(),
+        // The newest key, as the seed's stored rotations say (the running seed may hold them).
+        publisher: current_publisher_public(home, pinned).unwrap_or(publisher.public()),
         fleet: fleet.public(),
         credential: Credential::issue(&fleet, site, crate::accept::system_now())?,
     };
+    eprintln!("token id {} (revoke with `layerhop revoke --token-id {}`)", hex::encode(token.credential.device), hex::encode(token.credential.device));
     Ok(token.encode())
+}
+
+/// The newest publisher key: the seed's key file is replaced last in a rotation, so it is
+/// the newest key unless a rotation was cut short; the stored chain settles that.
+fn current_publisher_public(home: &Home, pinned: layerhop_protocol::release::PublicKey) -> Option<layerhop_protocol::release::PublicKey> {
+    let bytes = std::fs::read(home.data().join("trust.json")).ok()?;
+    let t: layerhop_store::trust::Trust = serde_json::from_slice(&bytes).ok()?;
+    layerhop_protocol::rotation::keys(&pinned, &t.rotations).ok()?.last().copied()
+}
+
+/// `layerhop revoke`.
+pub fn revoke(home: &Home, peers: &[String], token_ids: &[String]) -> Result<serde_json::Value> {
+    block_on(control::call(home, &Request::Revoke { peers: peers.to_vec(), token_ids: token_ids.to_vec() }))
+}
+
+/// `layerhop rotate-key`.
+pub fn rotate_key(home: &Home) -> Result<serde_json::Value> {
+    block_on(control::call(home, &Request::RotateKey))
 }
 
 pub(crate) fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {

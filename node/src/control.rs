@@ -49,6 +49,15 @@ pub enum Request {
     },
     /// Seed: the fleet view (sites, devices, releases held, metered bytes per site).
     Fleet,
+    /// Seed: revoke devices by peer id and/or token (credential) id, hex.
+    Revoke {
+        /// libp2p peer ids.
+        peers: Vec<String>,
+        /// Credential ids (32 hex digits), as `layerhop invite` prints them.
+        token_ids: Vec<String>,
+    },
+    /// Seed: replace the publisher key by a new one, through a statement signed by the old.
+    RotateKey,
     /// Progress of the publish running now, if any.
     PublishProgress,
     /// Stop the daemon.
@@ -68,10 +77,12 @@ pub struct Server {
     pub store: Arc<Store>,
     /// The event loop.
     pub handle: Handle,
-    /// Seed: the publisher key.
-    pub publisher: Option<Arc<PublisherKey>>,
-    /// Key releases are verified with on export.
+    /// Seed: the publisher key (replaced by `rotate-key`).
+    pub publisher: std::sync::RwLock<Option<Arc<PublisherKey>>>,
+    /// The pinned publisher key: releases are verified with it and the rotations from it.
     pub verify_key: Option<PublicKey>,
+    /// The node's home (where a seed's key files are).
+    pub home: Home,
     /// Default validity of published releases.
     pub ttl: Duration,
     /// Serializes publishes so versions are assigned in order.
@@ -165,6 +176,16 @@ impl Server {
                 let f = f.ok_or_else(|| anyhow!("only a seed keeps the fleet view; this node is a device"))?;
                 Ok(serde_json::to_value(f)?)
             }
+            Request::Revoke { peers, token_ids } => {
+                let peers = peers.iter().map(|p| p.parse::<libp2p::PeerId>().with_context(|| format!("{p:?} is not a peer id"))).collect::<Result<Vec<_>>>()?;
+                let token_ids = token_ids.iter().map(|t| parse_token_id(t)).collect::<Result<Vec<_>>>()?;
+                if peers.is_empty() && token_ids.is_empty() {
+                    bail!("name at least one device to revoke: --peer PEERID or --token-id ID");
+                }
+                let r = self.handle.call(|reply| Command::Revoke { peers, token_ids, reply }).await.ok_or_else(|| anyhow!("daemon is stopping"))?;
+                r.map_err(|e| anyhow!(e))
+            }
+            Request::RotateKey => self.rotate_key().await,
             Request::PublishProgress => {
                 let start = self.publishing.lock().map_err(|_| anyhow!("publish state poisoned"))?.to_owned();
                 let p = match start {
@@ -181,7 +202,7 @@ impl Server {
     }
 
     async fn publish(&self, channel: String, sources: Vec<PathBuf>, version: Option<u64>, ttl_secs: Option<u64>) -> Result<serde_json::Value> {
-        let key = self.publisher.clone().ok_or_else(|| anyhow!("only a seed publishes (this node has no publisher key)"))?;
+        let key = self.current_publisher()?;
         let channel = Channel::new(&channel)?;
         if sources.is_empty() {
             bail!("nothing to publish: name at least one source");
@@ -242,7 +263,8 @@ impl Server {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
             let signed = store.release(&channel)?.ok_or_else(|| anyhow!("no release of channel {channel:?} is held"))?;
-            let body = signed.verify(&key)?;
+            let keys = crate::fleet_trust::release_keys(&key, &store.trust().rotations);
+            let body = crate::fleet_trust::verify_recorded(&signed, &keys)?;
             let blobs: Vec<_> = body.artifacts.iter().flat_map(|a| a.content.blobs()).collect();
             let p = layerhop_store::blob::progress(&store, &blobs)?;
             if !p.complete() {
@@ -258,6 +280,51 @@ impl Server {
             }))
         })
         .await?
+    }
+}
+
+fn parse_token_id(t: &str) -> Result<[u8; 16]> {
+    let b = hex::decode(t.trim()).with_context(|| format!("token id {t:?} is not hex"))?;
+    b.try_into().map_err(|_| anyhow!("token id {t:?} must be 32 hex digits"))
+}
+
+impl Server {
+    fn current_publisher(&self) -> Result<Arc<PublisherKey>> {
+        self.publisher
+            .read()
+            .map_err(|_| anyhow!("publisher key lock poisoned"))?
+            .clone()
+            .ok_or_else(|| anyhow!("only a seed publishes (this node has no publisher key)"))
+    }
+
+    /// `layerhop rotate-key`: the current key signs a statement handing over to a new one. The
+    /// new secret is written beside the old (`publisher.key.next`), the statement is stored in
+    /// `trust.json`, then the new secret replaces the old by rename; a crash in between is
+    /// finished at the next start (see [`crate::daemon`]). Publishing waits meanwhile.
+    async fn rotate_key(&self) -> Result<serde_json::Value> {
+        let _guard = self.publish_lock.lock().await;
+        let old = self.current_publisher()?;
+        let pinned = self.verify_key.ok_or_else(|| anyhow!("the config names no publisher key"))?;
+        let trust = self.store.trust();
+        let keys = layerhop_protocol::rotation::keys(&pinned, &trust.rotations)?;
+        if keys.last() != Some(&old.public()) {
+            bail!("publisher.key is not the newest key of the rotation chain; refusing to rotate from it");
+        }
+        let seq = trust.rotations.last().map_or(1, |r| r.rotation.seq + 1);
+        let new = PublisherKey::generate()?;
+        let statement = layerhop_protocol::rotation::SignedRotation::sign(&old, new.public(), seq, crate::accept::system_now())?;
+        let mut rotations = trust.rotations.clone();
+        rotations.push(statement);
+        layerhop_protocol::rotation::keys(&pinned, &rotations)?;
+        let next = crate::home::next_publisher_key(&self.home);
+        crate::home::write_secret(&next, &new.to_bytes())?;
+        self.store.set_trust_statements(rotations, trust.revocations)?;
+        crate::home::replace_file(&next, &self.home.publisher_key())?;
+        *self.publisher.write().map_err(|_| anyhow!("publisher key lock poisoned"))? = Some(Arc::new(new));
+        let new_key = self.current_publisher()?.public().to_hex();
+        tracing::info!(seq, key = %new_key, "publisher key rotated");
+        let told = self.handle.call(Command::PushTrust).await.unwrap_or(0);
+        Ok(serde_json::json!({ "seq": seq, "old_key": old.public().to_hex(), "new_key": new_key, "devices_told": told }))
     }
 }
 

@@ -34,19 +34,20 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
         tracing::warn!(kept = report.chunks_kept, dropped = report.chunks_dropped, "the index was rebuilt from the chunk files");
     }
     let store = Arc::new(store);
-    let (publisher, verify_key) = match cfg.role {
-        Role::Seed => {
-            let k = home.load_signing_key(&home.publisher_key())?;
-            let public = k.public();
-            (Some(Arc::new(k)), Some(public))
-        }
-        Role::Device => (None, cfg.publisher_key),
+    let publisher = match cfg.role {
+        Role::Seed => Some(Arc::new(seed_publisher_key(home, &cfg, &store)?)),
+        Role::Device => None,
     };
+    let verify_key = cfg.publisher_key;
     let classifier = Classifier::new(cfg.role == Role::Seed, &cfg.seed_addrs, &cfg.metered_interfaces);
     let with_mdns = cfg.role == Role::Device && cfg.mdns && cfg.site_sharing;
-    let swarm = crate::swarm::build(key, classifier.clone(), cfg.request_timeout, with_mdns).map_err(|e| anyhow!("building the network stack: {e}"))?;
+    let swarm = crate::swarm::build(key, classifier.clone(), cfg.request_timeout, with_mdns, crate::swarm::limits(cfg.role == Role::Seed)).map_err(|e| anyhow!("building the network stack: {e}"))?;
+    let fleet_signer = match cfg.role {
+        Role::Seed => Some(Arc::new(home.load_signing_key(&home.fleet_key())?)),
+        Role::Device => None,
+    };
     let (credential, fleet_key) = match cfg.role {
-        Role::Seed => (None, Some(home.load_signing_key(&home.fleet_key())?.public())),
+        Role::Seed => (None, fleet_signer.as_ref().map(|k| k.public())),
         Role::Device => {
             let path = home.credential();
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -60,13 +61,14 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     let ttl = cfg.release_ttl;
     let metrics_cfg = cfg.clone();
     let role = cfg.role;
-    let parts = Parts { store: store.clone(), cfg, classifier, listen_file: home.listen_addrs(), credential, fleet_key };
+    let parts = Parts { store: store.clone(), cfg, classifier, listen_file: home.listen_addrs(), credential, fleet_key, fleet_signer };
     let (event_loop, handle) = EventLoop::new(swarm, parts).context("starting the chunk writer")?;
     let server = Arc::new(control::Server {
         store,
         handle: handle.clone(),
-        publisher,
+        publisher: std::sync::RwLock::new(publisher),
         verify_key,
+        home: home.clone(),
         ttl,
         publish_lock: tokio::sync::Mutex::new(()),
         publishing: Default::default(),
@@ -93,6 +95,30 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     let _ = std::fs::remove_file(home.control_socket());
     let _ = std::fs::remove_file(home.listen_addrs());
     Ok(())
+}
+
+/// The seed's current publisher key: the newest of the rotation chain from the pinned key.
+/// Finishes a `rotate-key` cut short after its statement was stored (`publisher.key.next`
+/// is the new key) and drops one cut short before (the statement was never stored).
+fn seed_publisher_key(home: &Home, cfg: &Config, store: &Store) -> Result<layerhop_protocol::PublisherKey> {
+    let pinned = cfg.publisher_key.ok_or_else(|| anyhow!("the seed's config names no publisher_key"))?;
+    let keys = layerhop_protocol::rotation::keys(&pinned, &store.trust().rotations).context("the stored key rotations do not verify")?;
+    let head = keys.last().copied().unwrap_or(pinned);
+    let next = crate::home::next_publisher_key(home);
+    if next.exists() {
+        if home.load_signing_key(&next)?.public() == head {
+            tracing::warn!("finishing an interrupted key rotation");
+            crate::home::replace_file(&next, &home.publisher_key())?;
+        } else {
+            tracing::warn!("dropping the key of a rotation that was never recorded");
+            std::fs::remove_file(&next).with_context(|| format!("removing {}", next.display()))?;
+        }
+    }
+    let k = home.load_signing_key(&home.publisher_key())?;
+    if k.public() != head {
+        anyhow::bail!("{} holds key {}, but the newest trusted publisher key is {}", home.publisher_key().display(), k.public().to_hex(), head.to_hex());
+    }
+    Ok(k)
 }
 
 /// Aborts the node's tasks when dropped.

@@ -44,6 +44,17 @@ pub enum Command {
     Offer(SignedRelease, oneshot::Sender<Result<String, String>>),
     /// Seed: the fleet view (None on a device).
     Fleet(oneshot::Sender<Option<crate::fleet::FleetStatus>>),
+    /// Seed: revoke these peers and credential ids (`layerhop revoke`).
+    Revoke {
+        /// Peers to revoke (with the credentials they presented, if connected).
+        peers: Vec<PeerId>,
+        /// Credential ids to revoke.
+        token_ids: Vec<[u8; 16]>,
+        /// The new list, or why not.
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    },
+    /// Seed: the trust statements changed (`layerhop rotate-key`); push them to the devices.
+    PushTrust(oneshot::Sender<usize>),
     /// Stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -101,6 +112,8 @@ pub struct Parts {
     pub credential: Option<Credential>,
     /// The key credentials are checked with (the fleet key).
     pub fleet_key: Option<PublicKey>,
+    /// Seed: the fleet key itself, to sign revocation lists.
+    pub fleet_signer: Option<Arc<layerhop_protocol::PublisherKey>>,
 }
 
 /// The event loop's state.
@@ -121,6 +134,17 @@ pub struct EventLoop {
     pub(crate) seed_fetched: u64,
     pub(crate) credential: Option<Credential>,
     pub(crate) fleet_key: Option<PublicKey>,
+    pub(crate) fleet_signer: Option<Arc<layerhop_protocol::PublisherKey>>,
+    /// The revocation list in force (verified; empty if none).
+    pub(crate) revoked: layerhop_protocol::revocation::RevocationList,
+    /// The credential id each peer presented at hello.
+    pub(crate) peer_creds: HashMap<PeerId, [u8; 16]>,
+    /// When this node last offered its trust bundle to a peer with a release under an unknown key.
+    pub(crate) trust_asked: HashMap<PeerId, Instant>,
+    /// Inbound connections that failed or were denied (limits, bad handshakes).
+    refused_connections: u64,
+    /// Requests refused (not enrolled, not a site member, …).
+    pub(crate) refused_requests: u64,
     pub(crate) enrolled: HashMap<PeerId, Enrolled>,
     pub(crate) listen_addrs: Vec<Multiaddr>,
     next_dial: Instant,
@@ -162,6 +186,7 @@ impl EventLoop {
         let me = *swarm.local_peer_id();
         let lease = p.cfg.lease;
         let configured = p.cfg.site_peers.iter().map(|a| (a.clone(), None)).collect();
+        let revoked = crate::fleet_trust::load_revocations(p.store.trust().revocations.as_ref(), p.fleet_key.as_ref());
         let el = EventLoop {
             swarm,
             store: p.store,
@@ -179,6 +204,12 @@ impl EventLoop {
             seed_fetched: 0,
             credential: p.credential,
             fleet_key: p.fleet_key,
+            fleet_signer: p.fleet_signer,
+            revoked,
+            peer_creds: HashMap::new(),
+            trust_asked: HashMap::new(),
+            refused_connections: 0,
+            refused_requests: 0,
             enrolled: HashMap::new(),
             listen_addrs: Vec::new(),
             next_dial: Instant::now(),
@@ -214,7 +245,10 @@ impl EventLoop {
 
     /// Resume fetching every recorded release.
     fn resume(&mut self) {
-        let Some(key) = self.cfg.publisher_key else { return };
+        let keys = self.release_keys();
+        if keys.is_empty() {
+            return;
+        }
         let releases = match self.store.releases() {
             Ok(r) => r,
             Err(e) => {
@@ -223,7 +257,7 @@ impl EventLoop {
             }
         };
         for signed in releases {
-            match signed.verify(&key) {
+            match crate::fleet_trust::verify_recorded(&signed, &keys) {
                 Ok(body) => self.start_fetch(signed, body),
                 Err(e) => tracing::error!(error = %e, "a recorded release no longer verifies; ignored"),
             }
@@ -289,6 +323,12 @@ impl EventLoop {
             }
             Command::Fleet(reply) => {
                 let _ = reply.send(self.fleet_view());
+            }
+            Command::Revoke { peers, token_ids, reply } => {
+                let _ = reply.send(self.revoke(peers, token_ids));
+            }
+            Command::PushTrust(reply) => {
+                let _ = reply.send(self.push_trust());
             }
             Command::Shutdown(_) => {}
         }
@@ -379,6 +419,11 @@ impl EventLoop {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
+                if self.is_revoked(&peer_id, None) {
+                    tracing::warn!(peer = %peer_id, "revoked peer connected; closing");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
                 let class = self.classifier.connected(&endpoint, peer_id);
                 tracing::info!(peer = %peer_id, link = ?class, "connected");
                 if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint
@@ -409,7 +454,13 @@ impl EventLoop {
                     }
                     self.last_releases_ask.remove(&peer_id);
                     self.hello_acked.remove(&peer_id);
+                    self.peer_creds.remove(&peer_id);
+                    self.trust_asked.remove(&peer_id);
                 }
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                self.refused_connections += 1;
+                tracing::debug!(from = %send_back_addr, %error, "incoming connection refused");
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "connection failed");
@@ -636,7 +687,7 @@ impl EventLoop {
     /// Decide on a release heard from `from` (None: offered locally). Returns whether it was
     /// newly accepted, and a description.
     pub(crate) fn consider(&mut self, signed: SignedRelease, from: Option<PeerId>) -> Result<(bool, String), String> {
-        let Some(key) = self.cfg.publisher_key else {
+        let Some(key) = self.release_keys().last().copied() else {
             return Err("this node has no pinned publisher key".into());
         };
         if let Ok(body) = signed.peek()
@@ -650,6 +701,10 @@ impl EventLoop {
             Ok(b) => b,
             Err(refusal) => {
                 tracing::warn!(from = ?from, reason = %refusal, "release refused");
+                // Perhaps signed by a key rotated in since: the sender may know the rotation.
+                if let (accept::Refusal::Invalid(layerhop_protocol::Error::UnknownKey { .. }), Some(p)) = (&refusal, from) {
+                    self.unknown_key_from(p);
+                }
                 return Err(refusal.to_string());
             }
         };
@@ -809,6 +864,11 @@ impl EventLoop {
             chunks_from_seed: self.seed_fetched,
             chunks_from_peers: self.peer_fetched,
             banned_peers: self.strikes.banned_count(Instant::now()),
+            revocations_version: self.revoked.version,
+            refused_connections: self.refused_connections,
+            refused_requests: self.refused_requests,
+            revoked: self.revoked.devices.len() + self.revoked.peers.len(),
+            publisher_key: self.release_keys().last().map(|k| k.to_hex()),
             served: self.served.snapshot(),
         }
     }

@@ -4,6 +4,7 @@
 //! HOME/config.toml       the configuration (see `config`)
 //! HOME/identity.key      libp2p identity (protobuf-encoded ed25519 keypair), mode 0600
 //! HOME/publisher.key     seed only: the release signing key (32 secret bytes), mode 0600
+//! HOME/publisher.key.next seed only, during `rotate-key`: the key taking over
 //! HOME/fleet.key         seed only: the key that signs join credentials, mode 0600
 //! HOME/credential        device only: its fleet credential, from the join token
 //! HOME/data/             the content-addressed store
@@ -80,6 +81,20 @@ impl Home {
             .map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes, found {}", path.display(), bytes.len()))?;
         Ok(PublisherKey::from_bytes(secret))
     }
+}
+
+/// Where `rotate-key` writes the new publisher key before it replaces the old one.
+pub fn next_publisher_key(home: &Home) -> PathBuf {
+    home.root().join("publisher.key.next")
+}
+
+/// Rename `from` over `to` and make the rename durable (fsync of the directory).
+pub fn replace_file(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Create `path` with `bytes`, readable by the owner only; refuses to overwrite.

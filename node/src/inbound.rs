@@ -19,6 +19,7 @@ impl EventLoop {
 
     fn refuse(&mut self, peer: PeerId, channel: ResponseChannel<Response>, why: &str) {
         tracing::warn!(%peer, reason = why, "request refused");
+        self.refused_requests += 1;
         self.reply(channel, Response::Refused(why.into()));
     }
 
@@ -36,6 +37,10 @@ impl EventLoop {
                 self.consider_and_forward(signed, peer);
             }
             Request::Hello(hello) => self.on_hello(peer, hello, channel),
+            Request::Trust(bundle) => {
+                self.reply(channel, Response::Ack);
+                self.on_trust(peer, bundle);
+            }
             Request::Peers(list) => {
                 self.reply(channel, Response::Ack);
                 if Some(peer) == self.seed() {
@@ -118,6 +123,13 @@ impl EventLoop {
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
+        if self.is_revoked(&peer, Some(&cred.device)) {
+            tracing::warn!(%peer, token_id = %hex::encode(cred.device), "revoked device refused");
+            self.refuse(peer, channel, "this device's credential is revoked");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        self.peer_creds.insert(peer, cred.device);
         match self.cfg.role {
             Role::Seed => {
                 let members: Vec<PeerInfo> = self
@@ -136,6 +148,7 @@ impl EventLoop {
                 for o in others {
                     self.send(&o, Request::Peers(vec![newcomer.clone()]), crate::event_loop::Pending::Other);
                 }
+                self.send_trust(peer);
             }
             Role::Device => {
                 if cred.site != self.cfg.site {
@@ -164,6 +177,7 @@ impl EventLoop {
                     if self.hello_acked.contains(&peer) {
                         self.send_full_state(peer);
                     }
+                    self.send_trust(peer);
                     // Learn the releases it holds: the seed may be out of reach, and a release
                     // announced before this node joined reaches it only this way.
                     self.send(&peer, Request::Releases, crate::event_loop::Pending::Releases);

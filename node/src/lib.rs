@@ -3,7 +3,8 @@
 //! `main.rs` is glue over this library. Main items:
 //! - [`daemon::run`]: `layerhop run`; [`event_loop`]: the task that owns the libp2p swarm.
 //! - [`traffic`]: per-link byte accounting on the raw TCP streams (metered vs LAN).
-//! - [`fetch`]: what a device still needs of a release; [`accept`]: whether it trusts one.
+//! - [`fetch`]: what a device still needs of a release; [`accept`]: whether it trusts one;
+//!   [`fleet_trust`]: publisher key rotations and revoked devices.
 //! - [`control`]: the daemon's local control socket; [`commands`]: the CLI's subcommands;
 //!   [`progress`]: their progress bars.
 //! - [`status`], [`metrics`] (Prometheus `/metrics`) and [`fleet`] (the seed's view of sites
@@ -28,6 +29,7 @@ pub mod demo;
 pub mod event_loop;
 pub mod fetch;
 pub mod fleet;
+pub mod fleet_trust;
 pub mod home;
 mod inbound;
 pub mod install;

@@ -29,6 +29,8 @@ fn main() -> anyhow::Result<()> {
             println!("{}", commands::init_with(&Home::new(home.home), &o)?)
         }
         Cmd::Invite { home, site, addr } => println!("{}", commands::invite(&Home::new(home.home), &site, &addr)?),
+        Cmd::Revoke { home, peer, token_id } => print_json(&commands::revoke(&Home::new(home.home), &peer, &token_id)?)?,
+        Cmd::RotateKey { home } => print_json(&commands::rotate_key(&Home::new(home.home))?)?,
         Cmd::Run { home } => tokio::runtime::Runtime::new()?.block_on(daemon::run(&Home::new(home.home)))?,
         Cmd::Publish { home, channel, version, ttl_secs, sources, upstream } => {
             let home = Home::new(home.home);

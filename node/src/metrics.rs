@@ -232,6 +232,11 @@ mod tests {
             chunks_from_seed: 5,
             chunks_from_peers: 6,
             banned_peers: 1,
+            revocations_version: 0,
+            refused_connections: 0,
+            refused_requests: 0,
+            revoked: 0,
+            publisher_key: None,
             served: Served { requests: 2, chunks: 3, bytes: 99 },
         };
         let text = render(&s, None).expect("encode");

@@ -32,6 +32,21 @@ pub struct Status {
     /// Peers banned now (after repeated faults).
     #[serde(default)]
     pub banned_peers: usize,
+    /// Inbound connections refused since start (connection limits, failed handshakes).
+    #[serde(default)]
+    pub refused_connections: u64,
+    /// Requests refused since start (from peers not enrolled or not of the site).
+    #[serde(default)]
+    pub refused_requests: u64,
+    /// Version of the revocation list in force (0: none).
+    #[serde(default)]
+    pub revocations_version: u64,
+    /// Devices and peers it revokes.
+    #[serde(default)]
+    pub revoked: usize,
+    /// The publisher key new releases must be signed with (after rotations), hex.
+    #[serde(default)]
+    pub publisher_key: Option<String>,
     /// What this node served to others since it started.
     #[serde(default)]
     pub served: Served,

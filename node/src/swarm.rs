@@ -1,6 +1,12 @@
 //! Building the libp2p swarm: TCP (counted per link class) + noise + yamux, and the exchange
 //! protocol.
 //!
+//! Limits against floods: at most [`MAX_PENDING_INCOMING`] handshakes at once, two
+//! connections per peer, a cap on established connections (larger on a seed, which serves the
+//! fleet), [`MAX_STREAMS`] request streams per connection (a stream over the cap is dropped
+//! unread), and every exchange bounded by the request timeout; the codec buffers only bytes that
+//! arrived, so a peer's memory cost is bounded by streams × message bound.
+//!
 //! The transport is assembled by hand (`with_other_transport`) rather than with the builder's
 //! `with_tcp`, because link accounting must wrap the raw TCP stream under noise and yamux.
 
@@ -10,15 +16,31 @@ use libp2p::core::upgrade::Version;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::mdns;
 use libp2p::{StreamProtocol, Swarm, Transport, identity, noise, tcp, yamux};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Handshakes in progress at once.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Request streams in flight on one connection (both directions).
+pub const MAX_STREAMS: usize = 64;
+
+/// The connection limits of a seed (`seed`) or a device.
+pub fn limits(seed: bool) -> ConnectionLimits {
+    ConnectionLimits::default()
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+        .with_max_established_per_peer(Some(2))
+        .with_max_established_incoming(Some(if seed { 20_000 } else { 256 }))
+}
+
 /// The node's behaviour: one request-response protocol for releases, chunks and site state,
 /// and mDNS to find site peers. (The derive generates `BehaviourEvent`.)
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Connection caps (first: a denied connection never reaches the others).
+    pub limits: connection_limits::Behaviour,
     /// Releases, announcements, chunks and site state.
     pub exchange: request_response::Behaviour<Codec>,
     /// Site peer discovery on the LAN (off on seeds and when the config says so).
@@ -31,6 +53,7 @@ pub fn build(
     classifier: Arc<Classifier>,
     request_timeout: Duration,
     with_mdns: bool,
+    limits: ConnectionLimits,
 ) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -48,12 +71,13 @@ pub fn build(
                 .timeout(Duration::from_secs(20)))
         })?
         .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> { Ok(Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
             exchange: request_response::Behaviour::with_codec(
                 Codec,
                 [(StreamProtocol::new(layerhop_protocol::wire::PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(request_timeout)
-                    .with_max_concurrent_streams(256),
+                    .with_max_concurrent_streams(MAX_STREAMS),
             ),
             mdns: Toggle::from(if with_mdns {
                 let cfg = mdns::Config { query_interval: Duration::from_secs(30), ..Default::default() };

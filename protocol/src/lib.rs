@@ -12,6 +12,8 @@
 //! - [`release`]: the signed release a seed publishes and devices verify.
 //! - [`wire`]: the request/response messages peers exchange.
 //! - [`token`]: the join token a seed hands a device.
+//! - [`rotation`] and [`revocation`]: publisher key rotation statements and the fleet's signed
+//!   list of revoked devices.
 #![warn(missing_docs)]
 
 pub mod blob;
@@ -19,6 +21,8 @@ pub mod error;
 pub mod id;
 pub mod limits;
 pub mod release;
+pub mod revocation;
+pub mod rotation;
 pub mod token;
 pub mod tree;
 pub mod wire;

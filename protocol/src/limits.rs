@@ -35,3 +35,7 @@ pub const MAX_PEERS_LISTED: usize = 1024;
 pub const MAX_HAVE_IDS: usize = 8192;
 /// Channels a node may name in its hello.
 pub const MAX_CHANNELS: usize = 256;
+/// Key rotation statements in one chain.
+pub const MAX_ROTATIONS: usize = 64;
+/// Entries (credential ids and peer ids) in one revocation list.
+pub const MAX_REVOKED: usize = 4096;

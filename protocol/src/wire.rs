@@ -33,6 +33,27 @@ pub enum Request {
     /// variant: a node of an older build that receives it answers with a decode failure, which
     /// the sender only logs.
     Holdings(Vec<Holding>),
+    /// The sender's trust state: the publisher key rotations and the revocation list it holds
+    /// (pushed by the seed when they change and when a device connects, passed on over the
+    /// site; a receiver that holds a newer state answers with its own). Added to protocol 1
+    /// as the last variant, like [`Request::Holdings`].
+    Trust(TrustBundle),
+}
+
+/// Signed trust statements a node holds; each part is checked on its own signatures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustBundle {
+    /// The publisher key rotations, oldest first.
+    pub rotations: Vec<crate::rotation::SignedRotation>,
+    /// The newest revocation list.
+    pub revocations: Option<crate::revocation::SignedRevocations>,
+}
+
+impl TrustBundle {
+    /// Whether it says nothing.
+    pub fn is_empty(&self) -> bool {
+        self.rotations.is_empty() && self.revocations.is_none()
+    }
 }
 
 /// What a device holds of one release, as it reports it to the seed.
@@ -205,6 +226,7 @@ impl Request {
                 }
             }
             Request::Holdings(h) => Error::check_len("holding list", h.len(), limits::MAX_RELEASES_LISTED)?,
+            Request::Trust(t) => Error::check_len("rotation chain", t.rotations.len(), limits::MAX_ROTATIONS)?,
             Request::Releases | Request::Announce(_) => {}
         }
         Ok(r)
@@ -294,6 +316,18 @@ mod tests {
         assert_eq!(Request::decode(&r.encode().expect("encode")).expect("decode"), r);
         let big = Request::Holdings(vec![h; limits::MAX_RELEASES_LISTED + 1]);
         assert!(matches!(Request::decode(&big.encode().expect("encode")), Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn trust_bundles_round_trip_and_are_bounded() {
+        let k0 = crate::PublisherKey::generate().expect("key");
+        let k1 = crate::PublisherKey::generate().expect("key");
+        let rot = crate::rotation::SignedRotation::sign(&k0, k1.public(), 1, 5).expect("sign");
+        let list = crate::revocation::RevocationList { version: 1, issued_at: 5, devices: vec![[1; 16]], peers: vec![] };
+        let t = Request::Trust(TrustBundle { rotations: vec![rot.clone()], revocations: Some(list.sign(&k0).expect("sign")) });
+        assert_eq!(Request::decode(&t.encode().expect("encode")).expect("decode"), t);
+        let long = Request::Trust(TrustBundle { rotations: vec![rot; limits::MAX_ROTATIONS + 1], revocations: None });
+        assert!(matches!(Request::decode(&long.encode().expect("encode")), Err(Error::TooLarge { .. })));
     }
 
     #[test]

@@ -348,6 +348,21 @@ impl Store {
         Ok(())
     }
 
+    /// Replace the rotations and the revocation list (already verified by the caller), durably.
+    pub fn set_trust_statements(
+        &self,
+        rotations: Vec<layerhop_protocol::rotation::SignedRotation>,
+        revocations: Option<layerhop_protocol::revocation::SignedRevocations>,
+    ) -> Result<()> {
+        let mut t = self.trust.lock().map_err(|_| Error::invalid("trust state", "lock poisoned"))?;
+        let mut next = t.clone();
+        next.rotations = rotations;
+        next.revocations = revocations;
+        self.trust_file.save(&next)?;
+        *t = next;
+        Ok(())
+    }
+
     /// Flush the index (at shutdown).
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;

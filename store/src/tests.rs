@@ -155,6 +155,24 @@ fn trust_only_grows_and_survives_reopen() {
 }
 
 #[test]
+fn trust_statements_survive_reopen_beside_versions() {
+    use layerhop_protocol::{PublisherKey, revocation::RevocationList, rotation::SignedRotation};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k0 = PublisherKey::generate().expect("key");
+    let k1 = PublisherKey::generate().expect("key");
+    let rot = SignedRotation::sign(&k0, k1.public(), 1, 7).expect("sign");
+    let list = RevocationList { version: 2, issued_at: 7, devices: vec![[3; 16]], peers: vec![] }.sign(&k0).expect("sign");
+    {
+        let (s, _) = Store::open(dir.path()).expect("open");
+        s.raise_trust("models", 3, 100).expect("raise");
+        s.set_trust_statements(vec![rot.clone()], Some(list.clone())).expect("save");
+    }
+    let (s, _) = Store::open(dir.path()).expect("open");
+    let t = s.trust();
+    assert_eq!((t.rotations, t.revocations, t.versions.get("models")), (vec![rot], Some(list), Some(&3)));
+}
+
+#[test]
 fn chunk_files_the_index_lost_are_adopted_not_refetched() {
     let (_d, s) = store();
     let id = ChunkId::of(b"written before the crash");

@@ -3,7 +3,9 @@
 //! sled's `flush` is not an fsync of the disk, and a rollback defence that a power cut can undo
 //! is no defence: so the highest version a device has accepted per channel lives in
 //! `trust.json`, replaced atomically (temp, fsync, rename, fsync dir) before the release is
-//! acted on.
+//! acted on. The publisher key rotations and the fleet's revocation list a node has verified
+//! live here too, for the same reason: a device that forgot a rotation would refuse every
+//! release after it, and one that forgot a revocation would let the revoked device back in.
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -19,6 +21,12 @@ pub struct Trust {
     /// The newest `issued_at` seen in any verified release (unix seconds): a floor for a device
     /// whose clock is behind.
     pub newest_time: u64,
+    /// The publisher key rotations verified so far, oldest first (see the protocol's `rotation`).
+    #[serde(default)]
+    pub rotations: Vec<layerhop_protocol::rotation::SignedRotation>,
+    /// The newest revocation list verified so far.
+    #[serde(default)]
+    pub revocations: Option<layerhop_protocol::revocation::SignedRevocations>,
 }
 
 pub(crate) struct TrustFile {

@@ -14,5 +14,7 @@ mod issue4_releases;
 mod issue5_crash_loop;
 mod issue5_disk_full;
 mod issue5_faults;
+mod issue5_limits;
+mod issue5_trust;
 mod issue6_netns;
 mod issue7_operating;

@@ -106,7 +106,8 @@ impl Catalog {
                 }
             }
         };
-        let body = match signed.verify(&self.key) {
+        let keys = crate::fleet_trust::release_keys(&self.key, &self.store.trust().rotations);
+        let body = match crate::fleet_trust::verify_recorded(&signed, &keys) {
             Ok(b) if b.channel == *channel && b.version == version => b,
             Ok(_) => return Ok(None),
             Err(e) => {
