@@ -44,6 +44,8 @@ pub enum Command {
     Offer(SignedRelease, oneshot::Sender<Result<String, String>>),
     /// Seed: the fleet view (None on a device).
     Fleet(oneshot::Sender<Option<crate::fleet::FleetStatus>>),
+    /// New metered-link rules (a config reload); answers with them in words.
+    Reload(crate::policy::Rules, oneshot::Sender<String>),
     /// Stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -101,6 +103,8 @@ pub struct Parts {
     pub credential: Option<Credential>,
     /// The key credentials are checked with (the fleet key).
     pub fleet_key: Option<PublicKey>,
+    /// Device: the metered-link policy.
+    pub policy: crate::policy::Policy,
 }
 
 /// The event loop's state.
@@ -147,6 +151,9 @@ pub struct EventLoop {
     pub(crate) fleet: crate::fleet::Fleet,
     /// Device: what was last reported to the seed.
     pub(crate) report: crate::report::SeedReport,
+    /// Device: the metered-link policy, and the pause last logged per channel.
+    pub(crate) policy: crate::policy::Policy,
+    pub(crate) policy_log: HashMap<String, Option<crate::policy::Reason>>,
 }
 
 impl EventLoop {
@@ -194,6 +201,8 @@ impl EventLoop {
             served: Default::default(),
             fleet: Default::default(),
             report: Default::default(),
+            policy: p.policy,
+            policy_log: HashMap::new(),
         };
         Ok((el, Handle { tx }))
     }
@@ -265,6 +274,7 @@ impl EventLoop {
     }
 
     fn shutdown(&mut self) {
+        self.save_policy();
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "index flush at shutdown failed");
         }
@@ -283,6 +293,9 @@ impl EventLoop {
             }
             Command::Fleet(reply) => {
                 let _ = reply.send(self.fleet_view());
+            }
+            Command::Reload(rules, reply) => {
+                let _ = reply.send(self.reload_policy(rules));
             }
             Command::Shutdown(_) => {}
         }
@@ -354,6 +367,7 @@ impl EventLoop {
         for channel in idle {
             self.next_round(&channel);
         }
+        self.observe_metered(crate::policy::Now::system());
         self.send_state();
         self.report_to_seed();
         self.pump_due = true;
@@ -785,6 +799,7 @@ impl EventLoop {
             chunks_from_peers: self.peer_fetched,
             banned_peers: self.strikes.banned_count(Instant::now()),
             served: self.served.snapshot(),
+            policy: self.policy_status(),
         }
     }
 }

@@ -14,3 +14,4 @@ mod issue4_releases;
 mod issue5_faults;
 mod issue6_netns;
 mod issue7_operating;
+mod issue7_policy;
