@@ -108,7 +108,7 @@ fn issue7_day_budget_pauses_survives_a_restart_and_a_reload_lifts_it() {
     // Raise the budget and reload: the download resumes where it stopped and completes.
     d.set_config("metered_budget_day", "\"1GiB\"");
     let said = cli_ok(&["reload", "--home", d.home_arg()]);
-    assert!(said.contains("day budget 1 GiB"), "{said}");
+    assert!(said.contains("day budget 1.0 GiB"), "{said}");
     d.wait_complete("detector", v, Duration::from_secs(120));
     let s = d.status().expect("status");
     assert!(hold(&s, "detector").is_none());

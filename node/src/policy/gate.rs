@@ -110,8 +110,8 @@ pub(crate) fn describe(r: &Rules) -> String {
     let size = |v: Option<u64>| v.map_or("none".to_owned(), |b| bytesize::ByteSize(b).display().iec().to_string());
     let windows = if r.windows.is_empty() { "any time".to_owned() } else { r.windows.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") };
     format!(
-        "metered-link policy: rate limit {}/s, day budget {}, month budget {}, windows {windows}, defer when alone {}",
-        size(r.rate_limit),
+        "metered-link policy: rate limit {}, day budget {}, month budget {}, windows {windows}, defer when alone {}",
+        r.rate_limit.map_or("none".to_owned(), |b| format!("{}/s", size(Some(b)))),
         size(r.budget_day),
         size(r.budget_month),
         r.defer_alone.map_or("no".to_owned(), |d| format!("{} h", d.as_secs() / 3600)),
