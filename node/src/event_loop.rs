@@ -120,7 +120,7 @@ pub struct EventLoop {
     pub(crate) fetches: BTreeMap<String, Fetch>,
     pub(crate) peers: HashMap<PeerId, LinkClass>,
     pub(crate) site: Site,
-    pub(crate) writer: mpsc::Sender<crate::writer::Incoming>,
+    pub(crate) writer: crate::writer::Writer,
     pub(crate) seed_in_flight: usize,
     pub(crate) seed_fetched: u64,
     pub(crate) credential: Option<Credential>,
@@ -137,6 +137,8 @@ pub struct EventLoop {
     pub(crate) strikes: crate::strikes::Strikes,
     /// Site peers from the config, with the peer id found at each address once connected.
     configured_peers: HashMap<Multiaddr, Option<PeerId>>,
+    /// Site peers that accepted this node's hello (and so accept its state messages).
+    pub(crate) hello_acked: HashSet<PeerId>,
     /// Something changed that may let the pump send requests.
     pub(crate) pump_due: bool,
     pub(crate) last_pump: Instant,
@@ -193,6 +195,7 @@ impl EventLoop {
             peer_fetched: 0,
             strikes: Default::default(),
             configured_peers: configured,
+            hello_acked: HashSet::new(),
             pump_due: false,
             last_pump: Instant::now(),
             last_unpark: Instant::now(),
@@ -396,7 +399,7 @@ impl EventLoop {
                 }
                 self.peers.insert(peer_id, class);
                 if num_established.get() == 1 && self.cfg.role == Role::Device {
-                    let hello = Hello { credential: self.credential.clone(), listen_addrs: self.advertised_addrs(), site_sharing: self.cfg.site_sharing, channels: self.cfg.channels.clone() };
+                    let hello = self.hello();
                     self.send(&peer_id, Request::Hello(hello), Pending::Hello);
                     if Some(peer_id) == self.seed() {
                         self.dial_backoff = Duration::from_millis(500);
@@ -416,6 +419,7 @@ impl EventLoop {
                         self.site.epoch += 1;
                     }
                     self.last_releases_ask.remove(&peer_id);
+                    self.hello_acked.remove(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -436,6 +440,10 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+
+    fn hello(&self) -> Hello {
+        Hello { credential: self.credential.clone(), listen_addrs: self.advertised_addrs(), site_sharing: self.cfg.site_sharing, channels: self.cfg.channels.clone() }
     }
 
     /// Listen addresses worth telling others: the non-loopback ones if there are any.
@@ -469,6 +477,12 @@ impl EventLoop {
                         }
                     }
                     Some(Pending::Announce { signed, next }) => self.announce_to_next(signed, next),
+                    // The hello is what makes a connection useful (membership, peers): a lost
+                    // one (a timeout on a loaded host) is sent again while the peer is connected.
+                    Some(Pending::Hello) if self.swarm.is_connected(&peer) && self.cfg.role == Role::Device => {
+                        let hello = self.hello();
+                        self.send(&peer, Request::Hello(hello), Pending::Hello);
+                    }
                     _ => {}
                 }
             }
@@ -505,6 +519,13 @@ impl EventLoop {
                 self.on_peers(list);
                 self.send(&peer, Request::Releases, Pending::Releases);
                 self.seed_ready();
+            }
+            (Some(Pending::Hello), Response::Ack) if Some(peer) != self.seed() => {
+                // The peer took this node as a member: from now on it accepts state messages.
+                self.hello_acked.insert(peer);
+                if self.site.is_member(&peer) {
+                    self.send_full_state(peer);
+                }
             }
             (Some(Pending::Hello), Response::Refused(why)) => {
                 tracing::warn!(%peer, reason = %why, "peer refused this node");
@@ -750,7 +771,7 @@ impl EventLoop {
                 images: f.body.images.len(),
                 expires_at: f.body.expires_at,
                 chunks_missing: f.wants.len(),
-                stalled: f.stalled.clone(),
+                stalled: f.stalled.clone().or_else(|| if f.complete { None } else { self.writer.disk_full() }),
             });
         }
         // A seed (or a device whose fetch state was not built) reports recorded releases.

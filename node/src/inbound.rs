@@ -159,7 +159,11 @@ impl EventLoop {
                 self.reply(channel, Response::Ack);
                 if new {
                     tracing::info!(%peer, "site peer joined");
-                    self.send_full_state(peer);
+                    // State goes out once both ends took each other as members; whichever of
+                    // the two (this join, its ack of our hello) comes last sends it.
+                    if self.hello_acked.contains(&peer) {
+                        self.send_full_state(peer);
+                    }
                     // Learn the releases it holds: the seed may be out of reach, and a release
                     // announced before this node joined reaches it only this way.
                     self.send(&peer, Request::Releases, crate::event_loop::Pending::Releases);

@@ -39,6 +39,11 @@ impl EventLoop {
     pub(crate) fn pump(&mut self) {
         self.pump_due = false;
         self.last_pump = Instant::now();
+        // A full disk: the writer holds what arrived and retries; new chunks would only be
+        // fetched over the link to be dropped (it restarts pumping when a write succeeds).
+        if self.writer.disk_full().is_some() {
+            return;
+        }
         let limit = self.cfg.parallel_requests;
         let full = limit * MAX_IDS_PER_REQUEST;
         let uplink = self.uplink();
@@ -256,7 +261,7 @@ impl EventLoop {
     /// Tell every member what landed since the last message, and who this node is fetching
     /// from the seed; at least once a second as a heartbeat.
     pub(crate) fn send_state(&mut self) {
-        let members: Vec<PeerId> = self.site.members().map(|(p, _)| *p).collect();
+        let members: Vec<PeerId> = self.site.members().map(|(p, _)| *p).filter(|p| self.hello_acked.contains(p)).collect();
         let heartbeat = self.last_state.elapsed() >= Duration::from_secs(1);
         if members.is_empty() || (!self.state_dirty && !heartbeat) {
             for f in self.fetches.values_mut() {

@@ -76,7 +76,7 @@ pub struct Site {
 }
 
 /// Who should fetch a chunk no member holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fetcher {
     /// This node, from the seed.
     Me,
@@ -386,5 +386,28 @@ mod tests {
         s.note_my_progress(Instant::now());
         assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
         assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
+    }
+
+    #[test]
+    fn followers_count_while_the_release_is_young_then_only_members_that_have_it() {
+        let me = PeerId::random();
+        let follower = PeerId::random();
+        let other_channel = PeerId::random();
+        let release: ReleaseKey = ("models".into(), 1);
+        let mut s = Site::new(me, Duration::from_secs(10));
+        s.join(follower, vec![], vec![Channel::new("models").expect("channel")]);
+        s.join(other_channel, vec![], vec![Channel::new("maps").expect("channel")]);
+        let ids: Vec<ChunkId> = (0..200u32).map(|i| ChunkId::of(&i.to_le_bytes())).collect();
+        let chosen = |s: &Site, since: Instant| -> HashSet<Fetcher> { ids.iter().map(|id| s.fetcher(&release, id, true, since)).collect() };
+        // Young release: the follower fetches its share before it has said a word about it;
+        // the member that follows another channel never does.
+        let young = chosen(&s, Instant::now());
+        assert!(young.contains(&Fetcher::Peer(follower)) && young.contains(&Fetcher::Me));
+        assert!(!young.contains(&Fetcher::Peer(other_channel)));
+        // A lease later, a follower that never reported the release (it refused it) drops out.
+        assert_eq!(chosen(&s, long_ago()), HashSet::from([Fetcher::Me]));
+        // Once it reports the release it counts again, however old the release is.
+        s.on_state(&follower, state(&release, vec![], vec![]));
+        assert!(chosen(&s, long_ago()).contains(&Fetcher::Peer(follower)));
     }
 }

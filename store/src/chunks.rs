@@ -37,6 +37,11 @@ impl ChunkFiles {
         Ok(ChunkFiles { dir, quarantine })
     }
 
+    /// Whether no chunk file (nor any subdirectory of them) exists.
+    pub(crate) fn is_empty(&self) -> bool {
+        std::fs::read_dir(&self.dir).map(|mut d| d.next().is_none()).unwrap_or(false)
+    }
+
     pub(crate) fn path(&self, id: &ChunkId) -> PathBuf {
         let hex = id.to_hex();
         self.dir.join(&hex[..2]).join(hex)

@@ -75,6 +75,13 @@ impl Error {
     pub(crate) fn invalid(what: impl Into<String>, reason: impl std::fmt::Display) -> Error {
         Error::Invalid { what: what.into(), reason: reason.to_string() }
     }
+
+    /// Whether the error is the file system being out of space (ENOSPC) or over a quota
+    /// (EDQUOT): nothing is wrong with the data, and writing again once space returns succeeds.
+    pub fn is_disk_full(&self) -> bool {
+        let full = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) || e.kind() == std::io::ErrorKind::StorageFull;
+        matches!(self, Error::Io { source, .. } if full(source))
+    }
 }
 
 /// Results of store operations.

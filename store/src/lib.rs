@@ -57,6 +57,8 @@ pub struct Store {
     durable: std::sync::atomic::AtomicBool,
     /// Source bytes read by imports since the store was opened (see [`Store::imported_bytes`]).
     import_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Whether an index write failed (logged once).
+    index_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -72,8 +74,17 @@ impl Store {
         let files = ChunkFiles::open(root)?;
         let index_dir = root.join("index");
         let mut report = OpenReport::default();
+        // A new store (no index, no chunks, no releases) is created, not rebuilt: nothing to warn
+        // about.
+        let fresh = !index_dir.exists() && !root.join("releases").exists() && files.is_empty();
         let db = match Self::open_index(&index_dir) {
             Ok(db) => db,
+            Err(_) if fresh => {
+                let db = sled::open(&index_dir)?;
+                db.insert(FORMAT_KEY, FORMAT)?;
+                db.flush()?;
+                db
+            }
             Err(reason) => {
                 tracing::warn!(index = %index_dir.display(), %reason, "rebuilding the index from the chunk files");
                 let aside = root.join(format!("index.damaged-{}", std::process::id()));
@@ -97,6 +108,7 @@ impl Store {
             trust: Mutex::new(trust),
             durable: std::sync::atomic::AtomicBool::new(true),
             import_read: Default::default(),
+            index_failed: std::sync::atomic::AtomicBool::new(false),
         };
         if report.rebuilt {
             store.rebuild(&mut report)?;
@@ -223,10 +235,7 @@ impl Store {
         }
         let batch: Vec<(ChunkId, &[u8])> = to_write.iter().map(|(_, id, b)| (*id, *b)).collect();
         for ((i, id, bytes), r) in to_write.iter().zip(self.files.write_batch(&batch)) {
-            let r = r.and_then(|()| {
-                self.chunk_index.insert(id.as_bytes(), &(bytes.len() as u32).to_le_bytes())?;
-                Ok(())
-            });
+            let r = r.map(|()| self.index_chunk(id, bytes.len()));
             results[*i] = Some(r);
         }
         results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
@@ -241,8 +250,20 @@ impl Store {
             return Ok(false);
         }
         self.files.write(id, bytes, self.durable.load(std::sync::atomic::Ordering::Relaxed))?;
-        self.chunk_index.insert(id.as_bytes(), &(bytes.len() as u32).to_le_bytes())?;
+        self.index_chunk(id, bytes.len());
         Ok(true)
+    }
+
+    /// Record a stored chunk in the index, best effort. The chunk file is the truth and the
+    /// index a cache of it ([`Store::has`] adopts a verified file the index does not know):
+    /// after sled fails to write its own log (a full disk) it refuses every later write until
+    /// it is reopened, and the store must go on storing chunk files meanwhile.
+    fn index_chunk(&self, id: &ChunkId, len: usize) {
+        if let Err(e) = self.chunk_index.insert(id.as_bytes(), &(len as u32).to_le_bytes())
+            && !self.index_failed.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(error = %e, "the index refuses writes; chunks are still stored and found from their files until the next start");
+        }
     }
 
     /// Read a chunk, verified. A damaged chunk is quarantined, forgotten, and reported absent so
@@ -251,7 +272,7 @@ impl Store {
         match self.files.read(id)? {
             ChunkRead::Ok(b) => {
                 if !matches!(self.chunk_index.contains_key(id.as_bytes()), Ok(true)) {
-                    self.chunk_index.insert(id.as_bytes(), &(b.len() as u32).to_le_bytes())?;
+                    self.index_chunk(id, b.len());
                 }
                 Ok(Some(b))
             }
