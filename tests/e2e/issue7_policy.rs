@@ -159,6 +159,11 @@ fn issue7_window_holds_a_normal_release_not_an_urgent_one_and_alone_defers() {
         // The urgent 2 MiB came over the metered link; the held 2 MiB did not.
         assert!(metered(&s) < (2 << 20) + (1 << 20), "{name}: metered {} B", metered(&s));
     }
+    // Open the windows by SIGHUP (what `systemctl reload` sends): the held release comes.
+    w.set_config("metered_windows", "[]");
+    w.signal("HUP");
+    w.wait_complete("models", vn, Duration::from_secs(120));
+    assert!(w.log().contains("SIGHUP: metered-link policy: rate limit none, day budget none, month budget none, windows any time"), "{}", w.log());
     // --ignore-budget alone is refused: it is a property of urgent releases.
     let out = crate::harness::cli(&["publish", "--home", c.seed.home_arg(), "--channel", "x", "--ignore-budget", normal.to_str().expect("utf-8")]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--priority urgent"), "{}", String::from_utf8_lossy(&out.stderr));
