@@ -16,6 +16,10 @@
 //! deferral but not the budget; `ignore_budget` (only with `urgent`) ignores the budget too. The
 //! rate cap always applies: it protects the link, not the bill.
 //!
+//! Local time is read afresh at every decision, so a change of time zone or daylight saving
+//! time takes effect at once; an "until" shown in status is computed in the offset of the
+//! moment it was shown, so one that spans a daylight-saving change is off by the shift.
+//!
 //! Everything here is pure: time comes in as a [`Now`] and bytes as the metered counter's
 //! running total, so the tests drive days, months and buckets without waiting. The event loop
 //! asks [`Policy::allowance`] how many chunks it may ask the seed for (see [`gate`]).
