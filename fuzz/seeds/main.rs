@@ -47,6 +47,7 @@ fn body(version: u64) -> ReleaseBody {
             layer,
         ],
         images: vec![Image { repo_tags: vec!["anomaly-detector:v1".into()], config: 1, layers: vec![2] }],
+        priority: Default::default(),
     }
 }
 
@@ -97,7 +98,7 @@ fn main() {
         ("releases", Request::Releases),
         ("chunks", Request::Chunks(ids.clone())),
         ("announce", Request::Announce(signed.clone())),
-        ("hello", Request::Hello(Hello { credential: Some(credential.clone()), listen_addrs: vec!["/ip4/10.0.0.2/tcp/7410".into()], site_sharing: true })),
+        ("hello", Request::Hello(Hello { credential: Some(credential.clone()), listen_addrs: vec!["/ip4/10.0.0.2/tcp/7410".into()], site_sharing: true, channels: vec![Channel::new("models").expect("channel")] })),
         ("peers", Request::Peers(vec![PeerInfo { peer: vec![0, 36, 8, 1], listen_addrs: vec!["/ip4/10.0.0.3/tcp/1".into()] }])),
         (
             "state",

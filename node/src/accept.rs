@@ -80,6 +80,7 @@ mod tests {
             expires_at,
             artifacts: vec![],
             images: vec![],
+            priority: Default::default(),
         };
         key.sign_release(&body).expect("sign")
     }

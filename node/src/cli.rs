@@ -113,12 +113,27 @@ pub enum Cmd {
         /// Validity in seconds (default: the config's `release_ttl_days`).
         #[arg(long)]
         ttl_secs: Option<u64>,
+        /// "urgent": devices fetch it outside their metered time windows and without waiting
+        /// for site peers (their budget still applies unless --ignore-budget). Signed with the
+        /// release.
+        #[arg(long, value_enum, default_value = "normal")]
+        priority: PriorityArg,
+        /// With --priority urgent: devices fetch it even when their metered budget is spent.
+        #[arg(long)]
+        ignore_budget: bool,
         /// What to publish.
         #[arg(required_unless_present = "from_registry")]
         sources: Vec<PathBuf>,
         /// Registry access for --from-registry.
         #[command(flatten)]
         upstream: UpstreamArgs,
+    },
+    /// Re-read the metered-link policy keys of the config into the running daemon (as SIGHUP
+    /// does); prints the rules now in force, or why the config was refused.
+    Reload {
+        /// The node's home.
+        #[command(flatten)]
+        home: HomeArg,
     },
     /// Show the node's peers, releases and traffic.
     Status {
@@ -225,6 +240,15 @@ pub enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+}
+
+/// A release's priority on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PriorityArg {
+    /// Fetched within each device's metered-link policy.
+    Normal,
+    /// Fetched outside time windows and without deferral.
+    Urgent,
 }
 
 /// `publish --from-registry` and its credentials.

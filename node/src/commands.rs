@@ -164,9 +164,20 @@ pub(crate) fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Re
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }
 
+/// What a publish may set besides its sources.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOptions {
+    /// Explicit version (must be newer); default: the next one.
+    pub version: Option<u64>,
+    /// Validity in seconds; default: the config's `release_ttl_days`.
+    pub ttl_secs: Option<u64>,
+    /// How devices weigh the release against their metered-link policy (signed with it).
+    pub priority: layerhop_protocol::release::Priority,
+}
+
 /// `layerhop publish` of files.
-pub fn publish(home: &Home, channel: &str, sources: &[PathBuf], version: Option<u64>, ttl_secs: Option<u64>) -> Result<serde_json::Value> {
-    publish_from(home, channel, sources, None, version, ttl_secs)
+pub fn publish(home: &Home, channel: &str, sources: &[PathBuf], o: PublishOptions) -> Result<serde_json::Value> {
+    publish_from(home, channel, sources, None, o)
 }
 
 /// `publish --from-registry`: the image, which of an index's platforms, and as whom.
@@ -214,9 +225,9 @@ pub fn publish_from(
     channel: &str,
     sources: &[PathBuf],
     upstream: Option<&Upstream>,
-    version: Option<u64>,
-    ttl_secs: Option<u64>,
+    o: PublishOptions,
 ) -> Result<serde_json::Value> {
+    let PublishOptions { version, ttl_secs, priority } = o;
     let mut sources = sources.iter().map(|s| absolute(s)).collect::<Result<Vec<_>>>()?;
     for s in &sources {
         if !s.exists() {
@@ -225,7 +236,7 @@ pub fn publish_from(
     }
     block_on(async move {
         let Some(up) = upstream else {
-            return control::call(home, &Request::Publish { channel: channel.into(), sources, version, ttl_secs }).await;
+            return control::call(home, &Request::Publish { channel: channel.into(), sources, version, ttl_secs, priority }).await;
         };
         // Fail before a long download, not after it.
         if Config::load(&home.config())?.role != Role::Seed {
@@ -240,7 +251,7 @@ pub fn publish_from(
             .with_context(|| format!("downloading {}", up.source.text()))?;
         tracing::info!(image = up.source.text(), manifest = %got.manifest_digest, layers = got.layers, bytes = got.bytes, "downloaded from the registry");
         sources.push(layout);
-        let mut v = control::call(home, &Request::Publish { channel: channel.into(), sources, version, ttl_secs }).await?;
+        let mut v = control::call(home, &Request::Publish { channel: channel.into(), sources, version, ttl_secs, priority }).await?;
         v["from_registry"] = serde_json::json!({
             "image": up.source.text(),
             "manifest_digest": got.manifest_digest,
@@ -250,6 +261,12 @@ pub fn publish_from(
         drop(tmp);
         Ok(v)
     })
+}
+
+/// `layerhop reload`: the running daemon re-reads its metered-link policy.
+pub fn reload(home: &Home) -> Result<String> {
+    let v = block_on(control::call(home, &Request::Reload))?;
+    Ok(v.as_str().unwrap_or_default().to_owned())
 }
 
 /// `layerhop status` as a value.
@@ -309,6 +326,9 @@ pub fn render_status(s: &Status) -> String {
         HumanBytes(t.metered_out),
         HumanBytes(t.metered_in + t.metered_out)
     );
+    if let Some(p) = &s.policy {
+        out += &render_policy(p);
+    }
     out += &format!("LAN: {} in, {} out\n", HumanBytes(t.lan_in), HumanBytes(t.lan_out));
     out += &format!(
         "chunks fetched: {} from the seed, {} from site peers; served {} chunks ({}) in {} requests\n",
@@ -318,6 +338,31 @@ pub fn render_status(s: &Status) -> String {
         HumanBytes(s.served.bytes),
         s.served.requests
     );
+    out
+}
+
+/// The metered-link policy lines of the human status: budgets against what was used, and each
+/// release held back with the reason and until when.
+fn render_policy(p: &crate::policy::Status) -> String {
+    use indicatif::HumanBytes;
+    let mut out = String::new();
+    for (name, period) in [("today", p.day), ("this month", p.month)] {
+        match (period.budget, period.left) {
+            (Some(b), Some(left)) => out += &format!("  metered {name}: {} of {} budget ({} left)\n", HumanBytes(period.used), HumanBytes(b), HumanBytes(left)),
+            _ => out += &format!("  metered {name}: {} (no budget)\n", HumanBytes(period.used)),
+        }
+    }
+    if let Some(r) = p.rate_limit {
+        out += &format!("  metered rate limit: {}/s\n", HumanBytes(r));
+    }
+    if !p.windows.is_empty() {
+        out += &format!("  metered windows (local time): {}\n", p.windows.join(", "));
+    }
+    for h in &p.holds {
+        let until = h.until_local.as_deref().map_or("replies in flight land".to_owned(), |u| u.replace('T', " "));
+        let what = if h.reason == crate::policy::Reason::RateLimit { "throttled" } else { "metered fetching paused" };
+        out += &format!("  {} v{}: {what}: {}, until {until}\n", h.channel, h.version, h.reason.describe());
+    }
     out
 }
 

@@ -82,6 +82,30 @@ registry_wait_secs = 0
 # Plain HTTP without authentication: keep it on loopback or a management network.
 # Default: "127.0.0.1:9410".
 metrics = "{metrics}"
+
+# Device: the metered-link policy. These keys take effect without a restart on SIGHUP
+# (`systemctl reload layerhop`) or `layerhop reload`; downloads in flight go on.
+# Sizes are bytes or a number with a unit ("500MiB", "10GiB"); "off" means no limit.
+
+# Cap on metered bytes per second, both directions: "2MiB/s", a number of bytes, or "off".
+# Default: "off".
+metered_rate_limit = "off"
+
+# Metered bytes (in and out) per local day and per local month. When one is spent, fetching
+# from the seed pauses until the next local midnight / first of the month; LAN sharing goes on.
+# A release published with `--priority urgent --ignore-budget` is fetched anyway.
+# Default: "off".
+metered_budget_day = "off"
+metered_budget_month = "off"
+
+# Local times when fetching from the seed may happen, like ["01:00-05:00"] or
+# ["22:00-02:00", "12:00-13:00"]. An urgent release ignores them. Default: [] = any time.
+metered_windows = []
+
+# With no site peer connected (a vehicle away from its depot), leave a non-urgent release this
+# many hours after it was issued, waiting for the site's LAN, then fetch it over the metered
+# link. Default: 0 = fetch at once.
+defer_alone_hours = 0
 "#;
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -126,6 +150,59 @@ struct File {
     registry_wait_secs: Option<u64>,
     #[serde(default)]
     metrics: Option<String>,
+    #[serde(default)]
+    metered_rate_limit: Option<Amount>,
+    #[serde(default)]
+    metered_budget_day: Option<Amount>,
+    #[serde(default)]
+    metered_budget_month: Option<Amount>,
+    #[serde(default)]
+    metered_windows: Vec<String>,
+    #[serde(default)]
+    defer_alone_hours: Option<u64>,
+}
+
+/// A size or rate as the file may give it: a number of bytes, or text ("500MiB", "off").
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum Amount {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Amount {
+    /// None for "off"; `text` reads a string with a unit.
+    fn read(&self, text: fn(&str) -> Result<u64, crate::policy::rules::BadValue>) -> Result<Option<u64>> {
+        match self {
+            Amount::Bytes(0) => bail!("0 is not allowed; use \"off\" for no limit"),
+            Amount::Bytes(n) => Ok(Some(*n)),
+            Amount::Text(t) if t.trim() == "off" => Ok(None),
+            Amount::Text(t) => Ok(Some(text(t)?)),
+        }
+    }
+}
+
+/// The policy keys of the file as [`crate::policy::Rules`].
+fn policy_rules(f: &File) -> Result<crate::policy::Rules> {
+    use crate::policy::rules::{parse_rate, parse_size};
+    let size = |key: &str, v: &Option<Amount>| v.as_ref().map_or(Ok(None), |a| a.read(parse_size)).with_context(|| format!("key `{key}`"));
+    let rate_limit = f.metered_rate_limit.as_ref().map_or(Ok(None), |a| a.read(parse_rate)).context("key `metered_rate_limit`")?;
+    let windows = f
+        .metered_windows
+        .iter()
+        .map(|w| w.parse().with_context(|| "key `metered_windows`".to_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    let defer = f.defer_alone_hours.unwrap_or(0);
+    if defer > 24 * 90 {
+        bail!("key `defer_alone_hours`: {defer} is more than 2160 (90 days)");
+    }
+    Ok(crate::policy::Rules {
+        rate_limit,
+        budget_day: size("metered_budget_day", &f.metered_budget_day)?,
+        budget_month: size("metered_budget_month", &f.metered_budget_month)?,
+        windows,
+        defer_alone: (defer > 0).then(|| Duration::from_secs(defer * 3600)),
+    })
 }
 
 /// A node's role.
@@ -181,6 +258,8 @@ pub struct Config {
     pub registry_wait: Duration,
     /// Where the Prometheus endpoint listens; None when it is off.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Device: the metered-link policy.
+    pub policy: crate::policy::Rules,
 }
 
 /// A `metrics` value: "off", or an address to listen on ("HOST:PORT", an IP host).
@@ -212,6 +291,7 @@ impl Config {
     /// Parse and validate config text.
     pub fn parse(text: &str) -> Result<Config> {
         let f: File = toml::from_str(text)?;
+        let policy = policy_rules(&f)?;
         let role = match f.role.as_str() {
             "seed" => Role::Seed,
             "device" => Role::Device,
@@ -309,6 +389,7 @@ impl Config {
             registry,
             registry_wait: Duration::from_secs(registry_wait),
             metrics,
+            policy,
         })
     }
 
@@ -390,5 +471,30 @@ mod tests {
         assert!(err.contains("metrics"), "{err}");
         let err = format!("{:#}", Config::parse("role = \"seed\"\nregistry_wait_secs = 99999").expect_err("bad"));
         assert!(err.contains("registry_wait_secs"), "{err}");
+    }
+
+    #[test]
+    fn policy_keys() {
+        let c = Config::parse("role = \"seed\"").expect("defaults");
+        assert!(c.policy.is_empty());
+        let c = Config::parse(
+            "role = \"seed\"\nmetered_rate_limit = \"2MiB/s\"\nmetered_budget_day = 1000\nmetered_budget_month = \"10GiB\"\nmetered_windows = [\"01:00-05:00\"]\ndefer_alone_hours = 12",
+        )
+        .expect("policy");
+        assert_eq!(c.policy.rate_limit, Some(2 << 20));
+        assert_eq!(c.policy.budget_day, Some(1000));
+        assert_eq!(c.policy.budget_month, Some(10 << 30));
+        assert_eq!(c.policy.windows.len(), 1);
+        assert_eq!(c.policy.defer_alone, Some(Duration::from_secs(12 * 3600)));
+        for (key, value) in [
+            ("metered_rate_limit", "\"2MiB\""),
+            ("metered_budget_day", "\"lots\""),
+            ("metered_budget_month", "0"),
+            ("metered_windows", "[\"1-5\"]"),
+            ("defer_alone_hours", "100000"),
+        ] {
+            let err = format!("{:#}", Config::parse(&format!("role = \"seed\"\n{key} = {value}")).expect_err("bad"));
+            assert!(err.contains(key), "{err}");
+        }
     }
 }

@@ -34,6 +34,9 @@ pub enum Request {
         version: Option<u64>,
         /// Validity in seconds; default: the config's `release_ttl_days`.
         ttl_secs: Option<u64>,
+        /// How devices weigh it against their metered-link policy.
+        #[serde(default)]
+        priority: layerhop_protocol::release::Priority,
     },
     /// Reassemble the newest release of a channel into `out`.
     Export {
@@ -60,6 +63,8 @@ pub enum Request {
     RotateKey,
     /// Progress of the publish running now, if any.
     PublishProgress,
+    /// Re-read the metered-link policy from the config.
+    Reload,
     /// Stop the daemon.
     Shutdown,
 }
@@ -89,6 +94,8 @@ pub struct Server {
     pub publish_lock: tokio::sync::Mutex<()>,
     /// The store's import counter when the running publish started (None: no publish).
     pub publishing: std::sync::Mutex<Option<u64>>,
+    /// The config file, re-read by `Reload`.
+    pub config: PathBuf,
 }
 
 /// How far the running publish is, as `PublishProgress` answers.
@@ -163,7 +170,10 @@ impl Server {
                 let s = self.handle.call(Command::Status).await.ok_or_else(|| anyhow!("daemon is stopping"))?;
                 Ok(serde_json::to_value(s)?)
             }
-            Request::Publish { channel, sources, version, ttl_secs } => self.publish(channel, sources, version, ttl_secs).await,
+            Request::Publish { channel, sources, version, ttl_secs, priority } => {
+                let o = crate::commands::PublishOptions { version, ttl_secs, priority };
+                self.publish(channel, sources, o).await
+            }
             Request::Export { channel, out } => self.export(channel, out).await,
             Request::Offer { release_hex } => {
                 let bytes = hex::decode(release_hex.trim()).context("release is not hex")?;
@@ -194,6 +204,7 @@ impl Server {
                 };
                 Ok(serde_json::to_value(p)?)
             }
+            Request::Reload => Ok(serde_json::Value::String(crate::policy::gate::reload(&self.config, &self.handle).await?)),
             Request::Shutdown => {
                 self.handle.call(Command::Shutdown).await;
                 Ok(serde_json::Value::Null)
@@ -201,7 +212,8 @@ impl Server {
         }
     }
 
-    async fn publish(&self, channel: String, sources: Vec<PathBuf>, version: Option<u64>, ttl_secs: Option<u64>) -> Result<serde_json::Value> {
+    async fn publish(&self, channel: String, sources: Vec<PathBuf>, o: crate::commands::PublishOptions) -> Result<serde_json::Value> {
+        let crate::commands::PublishOptions { version, ttl_secs, priority } = o;
         let key = self.current_publisher()?;
         let channel = Channel::new(&channel)?;
         if sources.is_empty() {
@@ -235,6 +247,7 @@ impl Server {
                 expires_at: now.saturating_add(ttl.as_secs()),
                 artifacts: imported.artifacts,
                 images: imported.images,
+                priority,
             };
             let signed = key.sign_release(&body)?;
             store.raise_trust(channel.as_str(), version, now)?;
@@ -253,6 +266,8 @@ impl Server {
             "bytes": body.artifacts.iter().map(|a| a.size).sum::<u64>(),
             "stored_bytes": body.stored_bytes(),
             "release_bytes": release_bytes,
+            "urgent": body.priority.urgent,
+            "ignore_budget": body.priority.ignore_budget,
             "announced_to": announced,
             "seconds": started.elapsed().as_secs_f64(),
         }))

@@ -1,5 +1,6 @@
 //! `layerhop run`: open the store, start the swarm, the event loop and the control socket, and
-//! stop cleanly on SIGINT or SIGTERM (the index is flushed and the socket removed).
+//! stop cleanly on SIGINT or SIGTERM (the index is flushed and the socket removed). SIGHUP
+//! re-reads the metered-link policy from the config (see [`crate::policy::gate`]).
 
 use crate::config::{Config, Role};
 use crate::control;
@@ -61,7 +62,8 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     let ttl = cfg.release_ttl;
     let metrics_cfg = cfg.clone();
     let role = cfg.role;
-    let parts = Parts { store: store.clone(), cfg, classifier, listen_file: home.listen_addrs(), credential, fleet_key, fleet_signer };
+    let policy = crate::policy::Policy::open(cfg.policy.clone(), (role == Role::Device).then(|| home.metered_ledger()), crate::policy::Now::system());
+    let parts = Parts { store: store.clone(), cfg, classifier, listen_file: home.listen_addrs(), credential, fleet_key, fleet_signer, policy };
     let (event_loop, handle) = EventLoop::new(swarm, parts).context("starting the chunk writer")?;
     let server = Arc::new(control::Server {
         store,
@@ -72,14 +74,16 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
         ttl,
         publish_lock: tokio::sync::Mutex::new(()),
         publishing: Default::default(),
+        config: home.config(),
     });
     let metrics = crate::metrics::start(&metrics_cfg, home, handle.clone()).await;
     tracing::info!(%peer_id, ?role, home = %home.root().display(), "layerhop node started");
     let control_task = tokio::spawn(server.serve(listener));
     let mut loop_task = tokio::spawn(event_loop.run());
+    let hup_task = tokio::spawn(reload_on_hangup(home.config(), handle.clone()));
     // Dropping this future (a caller aborting the node) stops the node's tasks too, instead of
     // leaving its swarm and sockets running detached.
-    let _guard = AbortOnDrop(vec![control_task.abort_handle(), loop_task.abort_handle()]);
+    let _guard = AbortOnDrop(vec![control_task.abort_handle(), loop_task.abort_handle(), hup_task.abort_handle()]);
     tokio::select! {
         _ = stop => {}
         _ = &mut loop_task => tracing::info!("event loop stopped"),
@@ -119,6 +123,24 @@ fn seed_publisher_key(home: &Home, cfg: &Config, store: &Store) -> Result<layerh
         anyhow::bail!("{} holds key {}, but the newest trusted publisher key is {}", home.publisher_key().display(), k.public().to_hex(), head.to_hex());
     }
     Ok(k)
+}
+
+/// Re-read the policy keys of `config` on every SIGHUP; a bad config is logged and the rules in
+/// force stay.
+async fn reload_on_hangup(config: std::path::PathBuf, handle: crate::event_loop::Handle) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; use `layerhop reload`");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match crate::policy::gate::reload(&config, &handle).await {
+            Ok(words) => tracing::info!("SIGHUP: {words}"),
+            Err(e) => tracing::error!(error = format!("{e:#}"), "SIGHUP: reload failed"),
+        }
+    }
 }
 
 /// Aborts the node's tasks when dropped.

@@ -134,7 +134,7 @@ pub fn run(o: &Options) -> Result<()> {
             started.elapsed().as_secs_f64()
         );
         let model_dir: PathBuf = model.parent().map(Path::to_path_buf).unwrap_or(dir.join("model"));
-        let published = commands::publish(&seed, channel, &[image_path, model_dir], None, None)?;
+        let published = commands::publish(&seed, channel, &[image_path, model_dir], Default::default())?;
         let version = published["version"].as_u64().unwrap_or(0);
         println!("release {}: published as {channel} v{version} in {:.1}s; waiting for the devices", generation + 1, published["seconds"].as_f64().unwrap_or(0.0));
         let mut per_device = Vec::new();

@@ -55,6 +55,8 @@ pub enum Command {
     },
     /// Seed: the trust statements changed (`layerhop rotate-key`); push them to the devices.
     PushTrust(oneshot::Sender<usize>),
+    /// New metered-link rules (a config reload); answers with them in words.
+    Reload(crate::policy::Rules, oneshot::Sender<String>),
     /// Stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -114,6 +116,8 @@ pub struct Parts {
     pub fleet_key: Option<PublicKey>,
     /// Seed: the fleet key itself, to sign revocation lists.
     pub fleet_signer: Option<Arc<layerhop_protocol::PublisherKey>>,
+    /// Device: the metered-link policy.
+    pub policy: crate::policy::Policy,
 }
 
 /// The event loop's state.
@@ -175,6 +179,9 @@ pub struct EventLoop {
     pub(crate) fleet: crate::fleet::Fleet,
     /// Device: what was last reported to the seed.
     pub(crate) report: crate::report::SeedReport,
+    /// Device: the metered-link policy, and the pause last logged per channel.
+    pub(crate) policy: crate::policy::Policy,
+    pub(crate) policy_log: HashMap<String, Option<crate::policy::Reason>>,
 }
 
 impl EventLoop {
@@ -231,6 +238,8 @@ impl EventLoop {
             served: Default::default(),
             fleet: Default::default(),
             report: Default::default(),
+            policy: p.policy,
+            policy_log: HashMap::new(),
         };
         Ok((el, Handle { tx }))
     }
@@ -305,6 +314,7 @@ impl EventLoop {
     }
 
     fn shutdown(&mut self) {
+        self.save_policy();
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "index flush at shutdown failed");
         }
@@ -329,6 +339,9 @@ impl EventLoop {
             }
             Command::PushTrust(reply) => {
                 let _ = reply.send(self.push_trust());
+            }
+            Command::Reload(rules, reply) => {
+                let _ = reply.send(self.reload_policy(rules));
             }
             Command::Shutdown(_) => {}
         }
@@ -400,6 +413,7 @@ impl EventLoop {
         for channel in idle {
             self.next_round(&channel);
         }
+        self.observe_metered(crate::policy::Now::system());
         self.send_state();
         self.report_to_seed();
         self.pump_due = true;
@@ -870,6 +884,7 @@ impl EventLoop {
             revoked: self.revoked.devices.len() + self.revoked.peers.len(),
             publisher_key: self.release_keys().last().map(|k| k.to_hex()),
             served: self.served.snapshot(),
+            policy: self.policy_status(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! HOME/data/             the content-addressed store
 //! HOME/control.sock      the running daemon's control socket
 //! HOME/listen-addrs      the running daemon's actual listen addresses, one per line
+//! HOME/metered-ledger.json  device: metered bytes counted this local day and month (budgets)
 //! ```
 
 use anyhow::{Context, Result, bail};
@@ -59,6 +60,10 @@ impl Home {
     /// `control.sock`.
     pub fn control_socket(&self) -> PathBuf {
         self.root.join("control.sock")
+    }
+    /// `metered-ledger.json`.
+    pub fn metered_ledger(&self) -> PathBuf {
+        self.root.join("metered-ledger.json")
     }
     /// `listen-addrs`.
     pub fn listen_addrs(&self) -> PathBuf {

@@ -97,6 +97,7 @@ mod tests {
     fn fills_in_home_user_and_binary() {
         let u = render(&opts("/srv/layerhop", Some("layerhop"))).expect("unit");
         assert!(u.contains("ExecStart=/opt/lh/bin/layerhop run --home /srv/layerhop\n"), "{u}");
+        assert!(u.contains("ExecReload=/bin/kill -HUP $MAINPID\n"), "{u}");
         assert!(u.contains("ReadWritePaths=/srv/layerhop\n"));
         assert!(u.contains("[Service]\nUser=layerhop\n"));
         assert!(u.contains("ProtectHome=yes\n"));

@@ -7,6 +7,7 @@
 //!   [`fleet_trust`]: publisher key rotations and revoked devices.
 //! - [`control`]: the daemon's local control socket; [`commands`]: the CLI's subcommands;
 //!   [`progress`]: their progress bars.
+//! - [`policy`]: the metered-link policy (rate cap, budgets, windows, deferral).
 //! - [`status`], [`metrics`] (Prometheus `/metrics`) and [`fleet`] (the seed's view of sites
 //!   and devices): what operators see; [`install`]: the systemd unit.
 //! - [`registry`]: the OCI registry mirror container engines pull through.
@@ -34,6 +35,7 @@ pub mod home;
 mod inbound;
 pub mod install;
 pub mod metrics;
+pub mod policy;
 pub mod progress;
 pub mod registry;
 mod report;

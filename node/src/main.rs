@@ -1,7 +1,7 @@
 //! The `layerhop` binary: parse the command line, set up logging, dispatch.
 
 use clap::Parser;
-use layerhop_node::cli::{Cli, Cmd};
+use layerhop_node::cli::{Cli, Cmd, PriorityArg};
 use layerhop_node::home::Home;
 use layerhop_node::{commands, daemon, demo, progress};
 
@@ -32,11 +32,16 @@ fn main() -> anyhow::Result<()> {
         Cmd::Revoke { home, peer, token_id } => print_json(&commands::revoke(&Home::new(home.home), &peer, &token_id)?)?,
         Cmd::RotateKey { home } => print_json(&commands::rotate_key(&Home::new(home.home))?)?,
         Cmd::Run { home } => tokio::runtime::Runtime::new()?.block_on(daemon::run(&Home::new(home.home)))?,
-        Cmd::Publish { home, channel, version, ttl_secs, sources, upstream } => {
+        Cmd::Publish { home, channel, version, ttl_secs, priority, ignore_budget, sources, upstream } => {
             let home = Home::new(home.home);
+            if ignore_budget && priority != PriorityArg::Urgent {
+                anyhow::bail!("--ignore-budget is only for an urgent release: add --priority urgent");
+            }
+            let priority = layerhop_protocol::release::Priority { urgent: priority == PriorityArg::Urgent, ignore_budget };
+            let o = commands::PublishOptions { version, ttl_secs, priority };
             let out = match commands::Upstream::from_args(upstream)? {
-                Some(up) => commands::publish_from(&home, &channel, &sources, Some(&up), version, ttl_secs)?,
-                None => progress::publish(&home, &channel, &sources, version, ttl_secs)?,
+                Some(up) => commands::publish_from(&home, &channel, &sources, Some(&up), o)?,
+                None => progress::publish(&home, &channel, &sources, o)?,
             };
             print_json(&out)?
         }
@@ -48,6 +53,7 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", commands::render_status(&s));
             }
         }
+        Cmd::Reload { home } => println!("{}", commands::reload(&Home::new(home.home))?),
         Cmd::Fleet { home, json } => {
             let f = commands::fleet(&Home::new(home.home))?;
             if json {

@@ -111,6 +111,30 @@ pub fn render(s: &Status, fleet: Option<&FleetStatus>) -> Result<String, std::fm
     r.register_with_unit("release_held", "Bytes of that data held on this node", Unit::Bytes, gauges(rel(&|x| x.bytes_have)));
     r.register("release_chunks_missing", "Chunks of the release still to fetch (at the last look)", gauges(rel(&|x| x.chunks_missing as u64)));
     r.register("release_complete", "1 when the node holds every chunk of the release", gauges(rel(&|x| u64::from(x.complete))));
+    if let Some(p) = &s.policy {
+        let period = |name: &str| vec![("period", name.to_owned())];
+        let periods = [("day", p.day), ("month", p.month)];
+        r.register_with_unit(
+            "metered_budget_used",
+            "Device: metered bytes (in and out) counted this local day and month",
+            Unit::Bytes,
+            gauges(periods.iter().map(|(n, x)| (period(n), x.used))),
+        );
+        r.register_with_unit(
+            "metered_budget",
+            "Device: the metered byte budget per local day and month (only those set)",
+            Unit::Bytes,
+            gauges(periods.iter().filter_map(|(n, x)| Some((period(n), x.budget?)))),
+        );
+        r.register_with_unit(
+            "metered_budget_left",
+            "Device: metered bytes the budget still allows this local day and month (only those set)",
+            Unit::Bytes,
+            gauges(periods.iter().filter_map(|(n, x)| Some((period(n), x.left?)))),
+        );
+        let paused = p.holds.iter().filter(|h| h.reason != crate::policy::Reason::RateLimit).count() as u64;
+        r.register("releases_paused", "Device: releases whose metered fetching the policy pauses now (budget, window, deferral)", gauge(paused));
+    }
     if let Some(f) = fleet {
         let site = |name: &str| vec![("site", name.to_owned())];
         let to_from = |name: &str, d: &str| vec![("site", name.to_owned()), ("direction", d.to_owned())];
@@ -238,6 +262,12 @@ mod tests {
             revoked: 0,
             publisher_key: None,
             served: Served { requests: 2, chunks: 3, bytes: 99 },
+            policy: Some(crate::policy::Status {
+                day: crate::policy::Period { used: 700, budget: Some(1000), left: Some(300) },
+                month: crate::policy::Period { used: 900, budget: None, left: None },
+                holds: vec![crate::policy::ReleaseHold { channel: "detector".into(), version: 3, reason: crate::policy::Reason::DayBudget, until: None, until_local: None }],
+                ..Default::default()
+            }),
         };
         let text = render(&s, None).expect("encode");
         for line in [
@@ -255,9 +285,14 @@ mod tests {
             "layerhop_release_size_bytes{channel=\"detector\",version=\"3\"} 1000",
             "layerhop_release_complete{channel=\"detector\",version=\"3\"} 0",
             "layerhop_node_info{role=\"device\",site=\"depot-1\",peer_id=\"12D3KooWtest\"} 1",
+            "layerhop_metered_budget_left_bytes{period=\"day\"} 300",
+            "layerhop_metered_budget_bytes{period=\"day\"} 1000",
+            "layerhop_metered_budget_used_bytes{period=\"month\"} 900",
+            "layerhop_releases_paused 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(!text.contains("layerhop_metered_budget_left_bytes{period=\"month\"}"), "no month budget, no month left: {text}");
     }
 }

@@ -82,11 +82,11 @@ fn source_bytes(p: &Path) -> u64 {
 }
 
 /// `layerhop publish` with progress: runs the publish and shows the import's progress.
-pub fn publish(home: &Home, channel: &str, sources: &[PathBuf], version: Option<u64>, ttl_secs: Option<u64>) -> Result<serde_json::Value> {
+pub fn publish(home: &Home, channel: &str, sources: &[PathBuf], o: commands::PublishOptions) -> Result<serde_json::Value> {
     let total: u64 = sources.iter().map(|s| source_bytes(s)).sum();
     let job = {
         let (home, channel, sources) = (home.clone(), channel.to_owned(), sources.to_vec());
-        std::thread::spawn(move || commands::publish(&home, &channel, &sources, version, ttl_secs))
+        std::thread::spawn(move || commands::publish(&home, &channel, &sources, o))
     };
     let mut d = Display::new(&format!("publish {channel}"));
     let mut seen = 0;

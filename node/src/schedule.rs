@@ -65,6 +65,7 @@ impl EventLoop {
             let mut seed_batch: Vec<ChunkId> = Vec::new();
             let mut peer_batches: HashMap<PeerId, Vec<ChunkId>> = HashMap::new();
             let mut seed_room = if uplink { limit.saturating_sub(self.seed_in_flight) * MAX_IDS_PER_REQUEST } else { 0 };
+            seed_room = seed_room.min(self.seed_allowance(&channel));
             let mut members_with_room = if sharing { self.site.members().filter(|(_, m)| m.in_flight * MAX_IDS_PER_REQUEST < full).count() } else { 0 };
             let mut to_park = Vec::new();
             let Some(f) = self.fetches.get_mut(&channel) else { continue };
@@ -230,7 +231,8 @@ impl EventLoop {
 
     fn base_state(&self) -> State {
         State {
-            uplink: self.uplink(),
+            // A member its policy pauses is left out of its peers' rendezvous.
+            uplink: self.uplink() && self.policy_open(),
             seed_fetched: self.seed_fetched,
             seed_pending: u32::try_from(self.seed_in_flight).unwrap_or(u32::MAX),
             releases: Vec::new(),

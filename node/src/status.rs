@@ -50,6 +50,9 @@ pub struct Status {
     /// What this node served to others since it started.
     #[serde(default)]
     pub served: Served,
+    /// Device: the metered-link policy — budgets used and left, releases held back and until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Status>,
 }
 
 /// Chunk requests this node answered.

@@ -30,4 +30,4 @@ pub mod wire;
 pub use blob::BlobRef;
 pub use error::Error;
 pub use id::ChunkId;
-pub use release::{Artifact, ArtifactKind, Channel, Content, Image, PublisherKey, ReleaseBody, SignedRelease};
+pub use release::{Artifact, ArtifactKind, Channel, Content, Image, Priority, PublisherKey, ReleaseBody, SignedRelease};

@@ -139,6 +139,58 @@ pub struct ReleaseBody {
     pub artifacts: Vec<Artifact>,
     /// Images assembled from its artifacts.
     pub images: Vec<Image>,
+    /// How devices weigh it against their metered-link policy. Last on purpose: see
+    /// [`Priority`] for how bodies signed before it existed still decode.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+/// How urgently devices should fetch a release over their metered link, as its publisher
+/// decided (`layerhop publish --priority urgent [--ignore-budget]`).
+///
+/// Encoding: postcard writes a struct as its fields in order with no framing, so a body with
+/// the default priority is signed *without* the trailing priority bytes — exactly the bytes of a
+/// body from before priorities existed — and a body that ends where the priority would begin
+/// decodes with the default. Old devices keep accepting normal releases from a new seed, and
+/// new devices keep accepting releases signed by an old one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Priority {
+    /// Fetch it outside the device's metered time windows, and without waiting for site peers.
+    pub urgent: bool,
+    /// Fetch it even when the device's metered byte budget is spent (only with `urgent`).
+    pub ignore_budget: bool,
+}
+
+impl Priority {
+    /// A release fetched like any other.
+    pub const NORMAL: Priority = Priority { urgent: false, ignore_budget: false };
+
+    /// Its bytes as they end a body.
+    fn suffix(&self) -> Vec<u8> {
+        // Two bools: cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+}
+
+/// Encode a body for signing; a default priority is left out (see [`Priority`]).
+fn body_to_bytes(body: &ReleaseBody) -> Result<Vec<u8>, Error> {
+    let mut bytes = postcard::to_allocvec(body).map_err(|e| Error::malformed("release", e))?;
+    if body.priority == Priority::NORMAL {
+        bytes.truncate(bytes.len().saturating_sub(Priority::NORMAL.suffix().len()));
+    }
+    Ok(bytes)
+}
+
+/// Decode signed body bytes; bytes that end where the priority would begin have the default.
+fn body_from_bytes(bytes: &[u8]) -> Result<ReleaseBody, Error> {
+    match postcard::take_from_bytes::<ReleaseBody>(bytes) {
+        Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            let mut full = bytes.to_vec();
+            full.extend_from_slice(&Priority::NORMAL.suffix());
+            crate::wire::from_exact(&full, "release body")
+        }
+        _ => crate::wire::from_exact(bytes, "release body"),
+    }
 }
 
 fn check_artifact_name(name: &str) -> Result<(), Error> {
@@ -171,6 +223,9 @@ impl ReleaseBody {
             for b in a.content.blobs() {
                 tree::check_ref(&b)?;
             }
+        }
+        if self.priority.ignore_budget && !self.priority.urgent {
+            return Err(Error::malformed("release", "priority ignore_budget is only for an urgent release"));
         }
         Error::check_len("image list", self.images.len(), 64)?;
         for img in &self.images {
@@ -258,7 +313,7 @@ impl PublisherKey {
     /// Validate and sign a release body.
     pub fn sign_release(&self, body: &ReleaseBody) -> Result<SignedRelease, Error> {
         body.validate()?;
-        let bytes = postcard::to_allocvec(body).map_err(|e| Error::malformed("release", e))?;
+        let bytes = body_to_bytes(body)?;
         Error::check_len("release body", bytes.len(), limits::MAX_RELEASE - 256)?;
         let signature = self.sign_raw(RELEASE_DOMAIN, &bytes);
         Ok(SignedRelease { body: bytes, key: self.public(), signature })
@@ -297,14 +352,14 @@ impl SignedRelease {
             return Err(Error::UnknownKey { found: self.key.to_hex(), expected: pinned.to_hex() });
         }
         pinned.verify("release", RELEASE_DOMAIN, &self.body, &self.signature)?;
-        let body: ReleaseBody = crate::wire::from_exact(&self.body, "release body")?;
+        let body = body_from_bytes(&self.body)?;
         body.validate()?;
         Ok(body)
     }
 
     /// The body without checking the signature: only for showing what was refused.
     pub fn peek(&self) -> Result<ReleaseBody, Error> {
-        crate::wire::from_exact(&self.body, "release body")
+        body_from_bytes(&self.body)
     }
 }
 
@@ -328,7 +383,42 @@ mod tests {
             expires_at: 2,
             artifacts: vec![file],
             images: vec![],
+            priority: Priority::NORMAL,
         }
+    }
+
+    /// The body as signed before priorities existed.
+    #[derive(Serialize)]
+    struct BodyV1 {
+        channel: Channel,
+        version: u64,
+        issued_at: u64,
+        expires_at: u64,
+        artifacts: Vec<Artifact>,
+        images: Vec<Image>,
+    }
+
+    #[test]
+    fn priority_is_signed_and_old_bodies_still_decode() {
+        let k = PublisherKey::generate().expect("key");
+        let b = body(5);
+        let old = postcard::to_allocvec(&BodyV1 { channel: b.channel.clone(), version: 5, issued_at: 1, expires_at: 2, artifacts: b.artifacts.clone(), images: vec![] }).expect("encode");
+        // A normal release is signed as an old body: old devices decode it too.
+        let normal = k.sign_release(&b).expect("sign");
+        assert_eq!(normal.body, old);
+        assert_eq!(normal.verify(&k.public()).expect("verify").priority, Priority::NORMAL);
+        let mut u = body(6);
+        u.priority = Priority { urgent: true, ignore_budget: true };
+        let urgent = k.sign_release(&u).expect("sign");
+        let back = SignedRelease::decode(&urgent.encode()).expect("decode").verify(&k.public()).expect("verify");
+        assert_eq!(back.priority, u.priority);
+        // The priority is under the signature: flipping it breaks the release.
+        let mut tampered = urgent.clone();
+        let last = tampered.body.len() - 1;
+        tampered.body[last] = 0;
+        assert!(matches!(tampered.verify(&k.public()), Err(Error::BadSignature { .. })));
+        u.priority = Priority { urgent: false, ignore_budget: true };
+        assert!(k.sign_release(&u).is_err());
     }
 
     #[test]

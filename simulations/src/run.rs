@@ -236,7 +236,7 @@ async fn releases(sc: &Scenario, c: &mut Cluster, built: &[Built]) -> Result<Out
         // what every up-to-date device must fetch: the yardstick of event progress.
         let seed_chunks = c.seed.home.root().to_owned();
         let seed_before = measure_blocking(seed_chunks.clone()).await?;
-        let req = Request::Publish { channel: sc.channel.clone(), sources: b.sources.clone(), version: None, ttl_secs: None };
+        let req = Request::Publish { channel: sc.channel.clone(), sources: b.sources.clone(), version: None, ttl_secs: None, priority: Default::default() };
         let published = control::call(&c.seed.home, &req).await.with_context(|| format!("publishing release {index}"))?;
         let version = published["version"].as_u64().ok_or_else(|| anyhow!("publish answered without a version: {published}"))?;
         publish_seconds.push(t.elapsed().as_secs_f64());

@@ -97,6 +97,13 @@ impl Node {
         .expect("node started");
     }
 
+    /// Send a signal (`"HUP"`, `"TERM"`) to the running node.
+    pub(crate) fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("node running");
+        let ok = Command::new("kill").args([&format!("-{sig}"), &c.id().to_string()]).status().expect("kill").success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
     /// kill -9.
     pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -88,12 +88,12 @@ fn parse_openmetrics(text: &str) -> BTreeMap<Key, f64> {
     out
 }
 
-fn sample(m: &BTreeMap<Key, f64>, name: &str, labels: &[(&str, &str)]) -> u64 {
+pub(crate) fn sample(m: &BTreeMap<Key, f64>, name: &str, labels: &[(&str, &str)]) -> u64 {
     let key = (name.to_owned(), labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
     *m.get(&key).unwrap_or_else(|| panic!("no sample {name}{labels:?} in {:?}", m.keys().collect::<Vec<_>>())) as u64
 }
 
-fn scrape(node: &Node) -> (String, BTreeMap<Key, f64>) {
+pub(crate) fn scrape(node: &Node) -> (String, BTreeMap<Key, f64>) {
     let addr = std::fs::read_to_string(node.home.join("metrics-addr")).expect("metrics-addr");
     let r = get(addr.trim(), "/metrics", &[]);
     assert_eq!(r.status, 200);
@@ -126,6 +126,16 @@ fn expected(s: &Value) -> Vec<Expected> {
         v.push(("layerhop_release_size_bytes", l.clone(), r["bytes_total"].as_u64().expect("total")));
         v.push(("layerhop_release_held_bytes", l.clone(), r["bytes_have"].as_u64().expect("have")));
         v.push(("layerhop_release_complete", l, u64::from(r["complete"] == true)));
+    }
+    // A device's metered budgets: what was used (and, where a budget is set, what is left).
+    for period in ["day", "month"] {
+        let p = &s["policy"][period];
+        if let Some(used) = p["used"].as_u64() {
+            v.push(("layerhop_metered_budget_used_bytes", vec![("period", period.into())], used));
+        }
+        if let Some(left) = p["left"].as_u64() {
+            v.push(("layerhop_metered_budget_left_bytes", vec![("period", period.into())], left));
+        }
     }
     v
 }

@@ -18,3 +18,4 @@ mod issue5_limits;
 mod issue5_trust;
 mod issue6_netns;
 mod issue7_operating;
+mod issue7_policy;

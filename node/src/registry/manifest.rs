@@ -223,6 +223,7 @@ mod tests {
             expires_at: 2,
             artifacts: vec![art("l0", ArtifactKind::Layer, 1, 1024), art("c", ArtifactKind::ImageConfig, 2, 99)],
             images: vec![Image { repo_tags: vec!["app:v1".into()], config: 1, layers: vec![0] }],
+            priority: Default::default(),
         }
     }
 

@@ -204,6 +204,7 @@ fn release(imported: import::Imported) -> ReleaseBody {
         expires_at: MTIME + 86_400,
         artifacts: imported.artifacts,
         images: imported.images,
+        priority: Default::default(),
     };
     // What `publish` would sign must pass the checks every device makes.
     body.validate().expect("imported release is valid");
