@@ -400,6 +400,20 @@ impl EventLoop {
                 self.dial(Some(p), addrs);
             }
         }
+        // A release passing the lease age changes who takes part in its rendezvous: decisions
+        // cached before must be made again (a follower that never reported it drops out).
+        let lease = self.site.lease();
+        let mut aged = false;
+        for f in self.fetches.values_mut() {
+            if !f.aged && f.started.elapsed() >= lease {
+                f.aged = true;
+                aged = true;
+            }
+        }
+        if aged {
+            self.site.epoch += 1;
+            self.pump_due = true;
+        }
         if self.site.expire() {
             self.pump_due = true;
         }

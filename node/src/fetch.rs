@@ -75,6 +75,9 @@ pub struct Fetch {
     pub started: Instant,
     /// Why the fetch is stuck, if it is.
     pub stalled: Option<String>,
+    /// The release is older here than a lease: only members that said they have it take part
+    /// in the rendezvous now (see [`crate::site::Site::fetcher`]).
+    pub aged: bool,
     /// Chunks that landed since the last state message to site peers.
     pub landed_recently: Vec<ChunkId>,
     /// Chunks that landed (or were found held below a landed node) since the last tree walk.
@@ -98,6 +101,7 @@ impl Fetch {
             complete: false,
             started: Instant::now(),
             stalled: None,
+            aged: false,
             landed_recently: Vec::new(),
             landed_since_walk: Vec::new(),
         }
