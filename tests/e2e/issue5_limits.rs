@@ -49,12 +49,20 @@ fn hostile_requests(targets: Vec<(PeerId, Multiaddr)>, per_target: usize) -> (us
             swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(*p).addresses(vec![a.clone()]).build()).expect("dial");
         }
         let (mut refused, mut other) = (0, 0);
+        let mut sent = std::collections::HashSet::new();
         let total = targets.len() * per_target;
         let deadline = Instant::now() + Duration::from_secs(90);
         while refused + other < total && Instant::now() < deadline {
             let Ok(ev) = tokio::time::timeout(Duration::from_secs(5), swarm.select_next_some()).await else { continue };
             match ev {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                // The garbage dials may fill a node's handshake slots and get this dial refused:
+                // the limits working. A hostile peer simply dials again.
+                SwarmEvent::OutgoingConnectionError { peer_id: Some(p), .. } if !sent.contains(&p) => {
+                    if let Some((_, a)) = targets.iter().find(|(t, _)| *t == p) {
+                        let _ = swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(p).addresses(vec![a.clone()]).build());
+                    }
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if sent.insert(peer_id) => {
                     for i in 0..per_target {
                         let ids = vec![ChunkId::of(&(i as u64).to_le_bytes())];
                         swarm.behaviour_mut().exchange.send_request(&peer_id, Request::Chunks(ids));
