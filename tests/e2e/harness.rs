@@ -269,3 +269,18 @@ pub(crate) fn tar_members(p: &Path) -> std::collections::BTreeMap<String, Vec<u8
     }
     out
 }
+
+/// `n` pseudo-random bytes from `seed` (xorshift): content that neither compresses nor repeats,
+/// the same for the same seed.
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}

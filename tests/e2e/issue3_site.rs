@@ -1,23 +1,12 @@
 //! Issue 3: a site of devices pays the metered link about once, and a device killed mid-download
 //! does not stall the others.
 
+use crate::harness::noise;
 use crate::harness::{Cluster, Node, wait_for};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Deterministic incompressible bytes.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
 
 fn model_dir(c: &Cluster, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
     let dir = c.path(name).join("models");

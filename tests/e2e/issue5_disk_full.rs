@@ -5,6 +5,7 @@
 //! The device's home is a small tmpfs (root only; the test prints why it skips otherwise),
 //! grown with `mount -o remount,size=…` while the node runs.
 
+use crate::harness::noise;
 use crate::harness::{Cluster, cli_ok, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,18 +37,6 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
 
 /// The release's `stalled` text in a status, if any.
 fn stalled(s: &serde_json::Value, channel: &str) -> Option<String> {

@@ -16,6 +16,7 @@
 //! Set `LAYERHOP_NETNS_STRICT=1` to also fail on the node bugs the testbed works around or
 //! tolerates today (see `known_issues` below).
 
+use crate::harness::noise;
 use crate::harness;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -93,18 +94,6 @@ fn strict() -> bool {
 }
 
 /// Deterministic incompressible bytes (the same release in every run).
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
 
 /// Run `testbed.sh run ARGS` with its work dir in `work`; returns the `RESULT` JSON.
 fn testbed(work: &Path, data: &Path, args: &[&str]) -> Value {

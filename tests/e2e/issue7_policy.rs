@@ -15,15 +15,7 @@ const REQUEST_MAX: u64 = 16 * 256 * 1024;
 fn noise_dir(c: &Cluster, name: &str, bytes: usize, seed: u64) -> PathBuf {
     let dir = c.path(name);
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut b = Vec::with_capacity(bytes + 8);
-    while b.len() < bytes {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        b.extend_from_slice(&x.to_le_bytes());
-    }
-    b.truncate(bytes);
+    let b = crate::harness::noise(bytes, seed);
     std::fs::write(dir.join("weights.bin"), b).expect("write");
     dir
 }
