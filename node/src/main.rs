@@ -15,9 +15,19 @@ fn init_logging(format: &str) {
     }
 }
 
-fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+/// Write a command's output. A reader that went away (`layerhop status --json | head`) is not
+/// the command's failure: stop quietly, as Unix tools do, instead of panicking in `println!`.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => Ok(r?),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    emit(&format!("{}\n", serde_json::to_string_pretty(v)?))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,9 +36,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Init { home, seed, join, listen, no_mdns, registry, metrics } => {
             let o = commands::InitOptions { seed, join: join.as_deref(), listen: &listen, mdns: !no_mdns, registry: registry.as_deref(), metrics: metrics.as_deref() };
-            println!("{}", commands::init_with(&Home::new(home.home), &o)?)
+            emit(&format!("{}\n", commands::init_with(&Home::new(home.home), &o)?))?
         }
-        Cmd::Invite { home, site, addr } => println!("{}", commands::invite(&Home::new(home.home), &site, &addr)?),
+        Cmd::Invite { home, site, addr } => emit(&format!("{}\n", commands::invite(&Home::new(home.home), &site, &addr)?))?,
         Cmd::Revoke { home, peer, token_id } => print_json(&commands::revoke(&Home::new(home.home), &peer, &token_id)?)?,
         Cmd::RotateKey { home } => print_json(&commands::rotate_key(&Home::new(home.home))?)?,
         Cmd::Run { home } => tokio::runtime::Runtime::new()?.block_on(daemon::run(&Home::new(home.home)))?,
@@ -48,33 +58,33 @@ fn main() -> anyhow::Result<()> {
         Cmd::Status { home, json } => {
             let s = commands::status(&Home::new(home.home))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                print_json(&s)?;
             } else {
-                print!("{}", commands::render_status(&s));
+                emit(&commands::render_status(&s))?;
             }
         }
-        Cmd::Reload { home } => println!("{}", commands::reload(&Home::new(home.home))?),
+        Cmd::Reload { home } => emit(&format!("{}\n", commands::reload(&Home::new(home.home))?))?,
         Cmd::Fleet { home, json } => {
             let f = commands::fleet(&Home::new(home.home))?;
             if json {
-                print_json(&serde_json::to_value(&f)?)?;
+                print_json(&f)?;
             } else {
-                print!("{}", layerhop_node::fleet::render(&f));
+                emit(&layerhop_node::fleet::render(&f))?;
             }
         }
         Cmd::Wait { home, channel, version, timeout_secs } => {
             let w = progress::WaitFor { channel, version, timeout: std::time::Duration::from_secs(timeout_secs) };
-            println!("{}", progress::wait(&Home::new(home.home), &w)?)
+            emit(&format!("{}\n", progress::wait(&Home::new(home.home), &w)?))?
         }
         Cmd::InstallService { home, user, dry_run, unit_dir } => {
             let exe = std::env::current_exe()?;
             let o = layerhop_node::install::Options { home: std::path::absolute(&home.home)?, user, exe };
-            println!("{}", layerhop_node::install::run(&o, dry_run, &unit_dir)?)
+            emit(&format!("{}\n", layerhop_node::install::run(&o, dry_run, &unit_dir)?))?
         }
         Cmd::Export { home, channel, out } => print_json(&commands::export(&Home::new(home.home), &channel, &out)?)?,
         Cmd::Offer { home, release } => print_json(&commands::offer(&Home::new(home.home), &release)?)?,
         Cmd::MirrorConfig { home, engine, write, path } => {
-            println!("{}", layerhop_node::registry::mirror_config::run(&Home::new(home.home), engine, write, path.as_deref())?)
+            emit(&format!("{}\n", layerhop_node::registry::mirror_config::run(&Home::new(home.home), engine, write, path.as_deref())?))?
         }
         Cmd::Demo { devices, files, deps_mib, keep } => demo::run(&demo::Options { devices, files, deps_mib, keep })?,
     }

@@ -7,9 +7,17 @@
 //! LAN. Members tell each other what they hold and which chunks they are fetching from the
 //! seed (claims) in [`State`] messages, sent when something changes and at least every second.
 //! A member is live while it is connected, has been heard from within the lease, and — if it
-//! says it is waiting on the seed — has made progress within the lease. A member that leaves,
-//! crashes or stalls therefore drops out after at most one lease, and the rendezvous hands its
-//! chunks to the next member: nothing waits forever.
+//! says it is waiting on the seed — has made seed progress within the stall bound (or this node
+//! made none either: then the shared uplink is at fault, not the member). A member that leaves
+//! or crashes therefore drops out after at most one lease, one that stalls after the stall
+//! bound, and the rendezvous hands its chunks to the next member: nothing waits forever.
+//!
+//! The stall bound is longer than the lease: the lease plus the request timeout
+//! ([`Site::with_stall`]). A seed serving a whole fleet at once answers some devices later than
+//! others; a member whose requests are merely queued at the seed is not stuck, and handing its
+//! chunks on fetches them twice (a 5 × 50 fleet on a 2-core host did so ~10,000 times in one
+//! release with a 15 s bound). A member whose seed link is truly dead sees its requests time out
+//! within the request timeout and makes no progress after: the bound still catches it.
 
 use layerhop_protocol::{Channel, ChunkId};
 use layerhop_protocol::wire::{ShortId, State, short_id};
@@ -63,6 +71,8 @@ impl Member {
 pub struct Site {
     me: PeerId,
     lease: Duration,
+    /// How long a member waiting on the seed may go without seed progress.
+    stall: Duration,
     /// When this node last received a chunk from the seed. Members share the site's uplink: if
     /// this node made no seed progress either, a member's lack of progress is the link's fault
     /// (an outage), not the member's, and handing its chunks to others would fetch them twice.
@@ -100,7 +110,14 @@ pub fn score(id: &ChunkId, peer: &PeerId) -> u64 {
 impl Site {
     /// An empty site for node `me`; members expire after `lease` of silence.
     pub fn new(me: PeerId, lease: Duration) -> Self {
-        Site { me, lease, my_progress: None, members: HashMap::new(), stale: HashSet::new(), epoch: 0 }
+        Site { me, lease, stall: lease, my_progress: None, members: HashMap::new(), stale: HashSet::new(), epoch: 0 }
+    }
+
+    /// A member waiting on the seed that made no seed progress for `stall` (while this node
+    /// made some) loses its chunks; default: the lease.
+    pub fn with_stall(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// A peer proved it is an enrolled member of this site; it follows `channels` (empty: all).
@@ -195,6 +212,17 @@ impl Site {
         let stale: HashSet<PeerId> = self.members.iter().filter(|(_, m)| !self.alive(m, now)).map(|(p, _)| *p).collect();
         let changed = stale != self.stale;
         if changed {
+            for p in stale.difference(&self.stale) {
+                if let Some(m) = self.members.get(p) {
+                    tracing::info!(
+                        peer = %p,
+                        silent_ms = now.duration_since(m.last_heard).as_millis() as u64,
+                        seed_pending = m.seed_pending,
+                        no_seed_progress_ms = now.duration_since(m.last_progress).as_millis() as u64,
+                        "site member no longer live: its claims and chunks go to others"
+                    );
+                }
+            }
             self.stale = stale;
             self.epoch += 1;
         }
@@ -202,9 +230,9 @@ impl Site {
     }
 
     fn alive(&self, m: &Member, now: Instant) -> bool {
-        let link_ok = self.my_progress.is_some_and(|t| now.duration_since(t) < self.lease);
+        let link_ok = self.my_progress.is_some_and(|t| now.duration_since(t) < self.stall);
         now.duration_since(m.last_heard) < self.lease
-            && (m.seed_pending == 0 || now.duration_since(m.last_progress) < self.lease || !link_ok)
+            && (m.seed_pending == 0 || now.duration_since(m.last_progress) < self.stall || !link_ok)
     }
 
     /// Whether a member is live now.
@@ -385,6 +413,26 @@ mod tests {
         // This node is making progress: the member alone is stuck, its chunks move.
         s.note_my_progress(Instant::now());
         assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
+        assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
+    }
+
+    #[test]
+    fn a_member_slow_at_the_seed_keeps_its_chunks_until_the_stall_bound() {
+        let me = PeerId::random();
+        let other = PeerId::random();
+        let release: ReleaseKey = ("models".into(), 1);
+        let mut s = Site::new(me, Duration::from_secs(10)).with_stall(Duration::from_secs(40));
+        s.join(other, vec![], vec![]);
+        let mut st = state(&release, vec![], vec![]);
+        st.seed_pending = 3;
+        s.on_state(&other, st);
+        let theirs = (0..100u32).map(|i| ChunkId::of(&i.to_le_bytes())).find(|id| s.fetcher(&release, id, true, long_ago()) != Fetcher::Me).expect("some chunk is theirs");
+        s.note_my_progress(Instant::now());
+        // Heard from, waiting on the seed for longer than a lease: queued at a busy seed.
+        s.member_mut(&other).expect("member").last_progress -= Duration::from_secs(11);
+        assert_ne!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
+        // Past the stall bound, while this node still makes progress: its chunks move.
+        s.member_mut(&other).expect("member").last_progress -= Duration::from_secs(30);
         assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
     }
 

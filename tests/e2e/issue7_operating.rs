@@ -264,6 +264,23 @@ fn issue7_wait_times_out_with_a_reason() {
     assert!(err.contains("timed out") && err.contains("not heard of"), "{err}");
 }
 
+/// `layerhop status --json | head -1` and the like: a reader that closed its end is not an
+/// error of the command (it used to panic in `println!`).
+#[test]
+fn issue7_output_to_a_closed_pipe_is_not_a_crash() {
+    let c = Cluster::start(1, "depot-1");
+    for args in [vec!["status", "--json"], vec!["status"]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let mut full = args.clone();
+        full.extend(["--home", c.devices[0].home_arg()]);
+        let out = std::process::Command::new(binary()).args(&full).stdout(writer).output().expect("run layerhop");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{full:?} into a closed pipe: {:?}\n{err}", out.status);
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 #[test]
 fn issue7_install_service_dry_run_is_a_valid_unit() {
     let dir = tempfile::tempdir().expect("tempdir");
