@@ -524,10 +524,13 @@ impl EventLoop {
 
     fn on_exchange(&mut self, e: request_response::Event<Request, Response>) {
         match e {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message { peer, message, .. } => {
+                self.site.heard(&peer);
+                match message {
                 request_response::Message::Request { request, channel, .. } => self.on_request(peer, request, channel),
                 request_response::Message::Response { request_id, response } => self.on_response(peer, request_id, response),
-            },
+                }
+            }
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!(%peer, %error, "request failed");
                 // A malformed or oversized answer is the peer's fault. A timeout is not evidence:

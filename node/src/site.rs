@@ -200,6 +200,14 @@ impl Site {
         news
     }
 
+    /// Any message from `peer` (a request, an answer) shows it is alive: a member busy serving
+    /// chunks whose state messages are delayed behind them is not gone.
+    pub fn heard(&mut self, peer: &PeerId) {
+        if let Some(m) = self.members.get_mut(peer) {
+            m.last_heard = Instant::now();
+        }
+    }
+
     /// This node received a chunk from the seed.
     pub fn note_my_progress(&mut self, now: Instant) {
         self.my_progress = Some(now);

@@ -173,6 +173,11 @@ pub struct Policy {
     path: Option<PathBuf>,
     dirty: bool,
     saved_at: Option<Instant>,
+    /// Numbers the writes; the file holds the highest number written (see [`Policy::observe`]).
+    seq: u64,
+    written: std::sync::Arc<std::sync::Mutex<u64>>,
+    /// A write failed: the ledger is dirty again.
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Policy {
@@ -187,7 +192,7 @@ impl Policy {
             None => ledger::Ledger::new(now.local),
         };
         let bucket = bucket::Bucket::new(rules.rate_limit, now.mono);
-        Policy { rules, ledger, bucket, seen: 0, path, dirty: false, saved_at: None }
+        Policy { rules, ledger, bucket, seen: 0, path, dirty: false, saved_at: None, seq: 0, written: Default::default(), failed: Default::default() }
     }
 
     /// The rules in force.
@@ -202,29 +207,57 @@ impl Policy {
     }
 
     /// Count what crossed the metered link since the last look: `total` is the running total of
-    /// metered bytes (in + out) of this process. Writes the ledger when due.
+    /// metered bytes (in + out) of this process. Writes the ledger when due — on tokio's blocking
+    /// pool when there is a runtime: the write ends in an fsync, and the event loop calling this
+    /// must not wait on the disk (a host of 50 nodes stalled on their ledgers' fsyncs, and their
+    /// site peers took the silence for departures).
     pub fn observe(&mut self, now: Now, total: u64) {
         let delta = total.saturating_sub(self.seen);
         self.seen = self.seen.max(total);
         let rolled = self.ledger.roll(now.local);
         self.ledger.add(delta);
         self.bucket.spend(delta, now.mono);
-        self.dirty |= delta > 0 || rolled;
+        self.dirty |= delta > 0 || rolled || self.failed.swap(false, std::sync::atomic::Ordering::Relaxed);
         if self.dirty && self.saved_at.is_none_or(|t| now.mono.duration_since(t) >= SAVE_EVERY) {
-            self.save(now);
+            let write = self.write(now);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(write)),
+                Err(_) => write(),
+            }
         }
     }
 
     /// Write the ledger now if it changed (at shutdown).
     pub fn save(&mut self, now: Now) {
+        self.write(now)();
+    }
+
+    /// The write of the ledger as it is now. Writes may finish out of order (each on its own
+    /// blocking thread); one never replaces the file written by a later one. A failed write
+    /// leaves the ledger dirty for the next.
+    fn write(&mut self, now: Now) -> impl FnOnce() + Send + 'static {
         self.saved_at = Some(now.mono);
-        if !self.dirty {
-            return;
-        }
-        if let Some(p) = &self.path {
-            match self.ledger.save(p) {
-                Ok(()) => self.dirty = false,
-                Err(e) => tracing::warn!(path = %p.display(), error = %e, "cannot write the metered-budget ledger"),
+        self.dirty |= self.failed.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let job = match (&self.path, self.dirty) {
+            (Some(p), true) => {
+                self.seq += 1;
+                self.dirty = false;
+                Some((p.clone(), self.ledger.clone(), self.seq, self.written.clone(), self.failed.clone()))
+            }
+            _ => None,
+        };
+        move || {
+            let Some((path, ledger, seq, written, failed)) = job else { return };
+            let mut last = written.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if *last >= seq {
+                return;
+            }
+            match ledger.save(&path) {
+                Ok(()) => *last = seq,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the metered-budget ledger");
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
     }
