@@ -1,12 +1,14 @@
 //! Device → seed: which releases this device holds, for the seed's fleet view
 //! ([`crate::fleet`]).
 //!
-//! The report crosses the metered link, so it is sent only when the set of complete releases
-//! changes, and once after each (re)connection to the seed, never as a heartbeat: one message of
-//! a few hundred bytes per release per device. (Reporting each release's start as well doubled
-//! that; on a small release to 20 devices the reports were a third of the metered bytes.) The
-//! seed learns of fetches in progress from the chunk requests themselves. It goes out only after the seed
-//! answered this node's Hello, so the seed knows the device's site when it arrives.
+//! The report crosses the metered link, so it is sent only when a release becomes complete that
+//! was not reported over this connection yet, and once after each (re)connection to the seed,
+//! never as a heartbeat: one message of a few hundred bytes per release per device. (Reporting
+//! every change of the set of complete releases also reported a release being replaced by its
+//! successor: seed-story's second release, 20 KiB to 20 devices, drew 60 reports, 18 KiB of its
+//! 40 KiB metered.) The seed learns of fetches in progress from the chunk requests themselves. A
+//! report goes out only after the seed answered this node's Hello, so the seed knows the device's
+//! site when it arrives.
 
 use crate::event_loop::{EventLoop, Pending};
 use layerhop_protocol::wire::{Holding, Request};
@@ -16,8 +18,8 @@ use layerhop_protocol::wire::{Holding, Request};
 pub(crate) struct SeedReport {
     /// The seed answered Hello on the current connection.
     ready: bool,
-    /// (channel, version) of each complete release at the last report.
-    sent: Option<Vec<(String, u64)>>,
+    /// (channel, version) of every complete release reported over this connection.
+    sent: Option<std::collections::BTreeSet<(String, u64)>>,
 }
 
 impl EventLoop {
@@ -36,8 +38,10 @@ impl EventLoop {
         if !self.report.ready {
             return;
         }
-        let key: Vec<(String, u64)> = self.fetches.iter().filter(|(_, f)| f.complete).map(|(c, f)| (c.clone(), f.body.version)).collect();
-        if self.report.sent.as_ref() == Some(&key) {
+        let complete: Vec<(String, u64)> = self.fetches.iter().filter(|(_, f)| f.complete).map(|(c, f)| (c.clone(), f.body.version)).collect();
+        if let Some(sent) = &self.report.sent
+            && complete.iter().all(|k| sent.contains(k))
+        {
             return;
         }
         let holdings: Vec<Holding> = self
@@ -53,6 +57,6 @@ impl EventLoop {
             })
             .collect();
         self.send(&seed, Request::Holdings(holdings), Pending::Other);
-        self.report.sent = Some(key);
+        self.report.sent.get_or_insert_default().extend(complete);
     }
 }
