@@ -695,6 +695,7 @@ impl EventLoop {
                         self.state_dirty = true;
                         match source {
                             Source::Seed => {
+                                tracing::debug!(chunk = %id, "stored a chunk from the seed");
                                 self.seed_fetched += 1;
                                 self.site.note_my_progress(Instant::now());
                             }
