@@ -130,6 +130,8 @@ pub struct EventLoop {
     pub(crate) done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
     pub(crate) pending: HashMap<OutboundRequestId, Pending>,
+    /// Chunk requests to the seed on the `uplink` protocol (its request ids are its own).
+    pub(crate) uplink_pending: HashMap<OutboundRequestId, Pending>,
     pub(crate) fetches: BTreeMap<String, Fetch>,
     pub(crate) peers: HashMap<PeerId, LinkClass>,
     pub(crate) site: Site,
@@ -203,6 +205,7 @@ impl EventLoop {
             done_tx,
             done_rx,
             pending: HashMap::new(),
+            uplink_pending: HashMap::new(),
             fetches: BTreeMap::new(),
             peers: HashMap::new(),
             site: Site::new(me, lease),
@@ -352,6 +355,16 @@ impl EventLoop {
         self.pending.insert(id, pending);
     }
 
+    /// Send a chunk request to the seed on the `uplink` protocol (see [`crate::swarm`]).
+    pub(crate) fn send_uplink(&mut self, peer: &PeerId, req: Request, pending: Pending) {
+        let id = self.swarm.behaviour_mut().uplink.send_request(peer, req);
+        self.uplink_pending.insert(id, pending);
+    }
+
+    fn take_pending(&mut self, uplink: bool, id: &OutboundRequestId) -> Option<Pending> {
+        if uplink { self.uplink_pending.remove(id) } else { self.pending.remove(id) }
+    }
+
     fn dial(&mut self, peer: Option<PeerId>, addrs: Vec<Multiaddr>) {
         let opts = match peer {
             // A fresh source port: two devices that find each other by mDNS in the same instant
@@ -493,7 +506,8 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "connection failed");
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Exchange(e)) => self.on_exchange(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Exchange(e)) => self.on_exchange(e, false),
+            SwarmEvent::Behaviour(BehaviourEvent::Uplink(e)) => self.on_exchange(e, true),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (p, a) in found {
@@ -521,11 +535,15 @@ impl EventLoop {
         if outside.is_empty() { self.listen_addrs.iter().map(|a| a.to_string()).collect() } else { outside }
     }
 
-    fn on_exchange(&mut self, e: request_response::Event<Request, Response>) {
+    /// An event of the `exchange` protocol, or (`uplink`) of the seed's chunk protocol.
+    fn on_exchange(&mut self, e: request_response::Event<Request, Response>, uplink: bool) {
         match e {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => self.on_request(peer, request, channel),
-                request_response::Message::Response { request_id, response } => self.on_response(peer, request_id, response),
+                request_response::Message::Response { request_id, response } => {
+                    let pending = self.take_pending(uplink, &request_id);
+                    self.on_response(peer, pending, response)
+                }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!(%peer, %error, "request failed");
@@ -535,7 +553,7 @@ impl EventLoop {
                 if matches!(error, request_response::OutboundFailure::Io(_)) {
                     self.strike(peer, &error.to_string());
                 }
-                match self.pending.remove(&request_id) {
+                match self.take_pending(uplink, &request_id) {
                     Some(Pending::Chunks { channel, ids, source }) => {
                         self.request_done(source);
                         if let Some(f) = self.fetches.get_mut(&channel) {
@@ -572,8 +590,8 @@ impl EventLoop {
         }
     }
 
-    fn on_response(&mut self, peer: PeerId, request_id: OutboundRequestId, response: Response) {
-        match (self.pending.remove(&request_id), response) {
+    fn on_response(&mut self, peer: PeerId, pending: Option<Pending>, response: Response) {
+        match (pending, response) {
             (Some(Pending::Releases), Response::Releases(list)) => {
                 for signed in list {
                     self.consider_and_forward(signed, peer);

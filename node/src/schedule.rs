@@ -182,7 +182,11 @@ impl EventLoop {
                 }
             }
         }
-        self.send(&peer, Request::Chunks(ids.clone()), Pending::Chunks { channel: channel.to_owned(), ids, source });
+        let pending = Pending::Chunks { channel: channel.to_owned(), ids: ids.clone(), source };
+        match source {
+            Source::Seed => self.send_uplink(&peer, Request::Chunks(ids), pending),
+            Source::Peer(_) => self.send(&peer, Request::Chunks(ids), pending),
+        }
     }
 
     /// Verify and store the chunks of a response, off the event loop.
