@@ -102,8 +102,6 @@ fn strict() -> bool {
     std::env::var_os("LAYERHOP_NETNS_STRICT").is_some_and(|v| v != "0")
 }
 
-/// Deterministic incompressible bytes (the same release in every run).
-
 /// Run `testbed.sh run ARGS` with its work dir in `work`; returns the `RESULT` JSON.
 fn testbed(work: &Path, data: &Path, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("netns/testbed.sh");
