@@ -42,7 +42,7 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     let verify_key = cfg.publisher_key;
     let classifier = Classifier::new(cfg.role == Role::Seed, &cfg.seed_addrs, &cfg.metered_interfaces);
     let with_mdns = cfg.role == Role::Device && cfg.mdns && cfg.site_sharing;
-    let swarm = crate::swarm::build(key, classifier.clone(), cfg.request_timeout, with_mdns, crate::swarm::limits(cfg.role == Role::Seed)).map_err(|e| anyhow!("building the network stack: {e}"))?;
+    let swarm = crate::swarm::build(key, classifier.clone(), cfg.request_timeout, with_mdns, cfg.role == Role::Seed, crate::swarm::limits(cfg.role == Role::Seed)).map_err(|e| anyhow!("building the network stack: {e}"))?;
     let fleet_signer = match cfg.role {
         Role::Seed => Some(Arc::new(home.load_signing_key(&home.fleet_key())?)),
         Role::Device => None,

@@ -130,6 +130,8 @@ pub struct EventLoop {
     pub(crate) done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
     pub(crate) pending: HashMap<OutboundRequestId, Pending>,
+    /// Chunk requests to the seed on the `uplink` protocol (its request ids are its own).
+    pub(crate) uplink_pending: HashMap<OutboundRequestId, Pending>,
     pub(crate) fetches: BTreeMap<String, Fetch>,
     pub(crate) peers: HashMap<PeerId, LinkClass>,
     pub(crate) site: Site,
@@ -204,6 +206,7 @@ impl EventLoop {
             done_tx,
             done_rx,
             pending: HashMap::new(),
+            uplink_pending: HashMap::new(),
             fetches: BTreeMap::new(),
             peers: HashMap::new(),
             site: Site::new(me, lease).with_stall(stall),
@@ -268,7 +271,18 @@ impl EventLoop {
         };
         for signed in releases {
             match crate::fleet_trust::verify_recorded(&signed, &keys) {
-                Ok(body) => self.start_fetch(signed, body),
+                Ok(body) => {
+                    // A crash between recording a release and raising its trusted version (see
+                    // `consider`) leaves trust behind the store: raise it now, or a replay of an
+                    // older release would be taken.
+                    let trusted = self.store.trust().versions.get(body.channel.as_str()).copied();
+                    if trusted.is_none_or(|v| v < body.version)
+                        && let Err(e) = self.store.raise_trust(body.channel.as_str(), body.version, body.issued_at)
+                    {
+                        tracing::error!(channel = %body.channel, error = %e, "cannot raise the trusted version of a recorded release");
+                    }
+                    self.start_fetch(signed, body)
+                }
                 Err(e) => tracing::error!(error = %e, "a recorded release no longer verifies; ignored"),
             }
         }
@@ -351,6 +365,16 @@ impl EventLoop {
     pub(crate) fn send(&mut self, peer: &PeerId, req: Request, pending: Pending) {
         let id = self.swarm.behaviour_mut().exchange.send_request(peer, req);
         self.pending.insert(id, pending);
+    }
+
+    /// Send a chunk request to the seed on the `uplink` protocol (see [`crate::swarm`]).
+    pub(crate) fn send_uplink(&mut self, peer: &PeerId, req: Request, pending: Pending) {
+        let id = self.swarm.behaviour_mut().uplink.send_request(peer, req);
+        self.uplink_pending.insert(id, pending);
+    }
+
+    fn take_pending(&mut self, uplink: bool, id: &OutboundRequestId) -> Option<Pending> {
+        if uplink { self.uplink_pending.remove(id) } else { self.pending.remove(id) }
     }
 
     fn dial(&mut self, peer: Option<PeerId>, addrs: Vec<Multiaddr>) {
@@ -494,7 +518,8 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "connection failed");
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Exchange(e)) => self.on_exchange(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Exchange(e)) => self.on_exchange(e, false),
+            SwarmEvent::Behaviour(BehaviourEvent::Uplink(e)) => self.on_exchange(e, true),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (p, a) in found {
@@ -522,13 +547,17 @@ impl EventLoop {
         if outside.is_empty() { self.listen_addrs.iter().map(|a| a.to_string()).collect() } else { outside }
     }
 
-    fn on_exchange(&mut self, e: request_response::Event<Request, Response>) {
+    /// An event of the `exchange` protocol, or (`uplink`) of the seed's chunk protocol.
+    fn on_exchange(&mut self, e: request_response::Event<Request, Response>, uplink: bool) {
         match e {
             request_response::Event::Message { peer, message, .. } => {
                 self.site.heard(&peer);
                 match message {
                 request_response::Message::Request { request, channel, .. } => self.on_request(peer, request, channel),
-                request_response::Message::Response { request_id, response } => self.on_response(peer, request_id, response),
+                request_response::Message::Response { request_id, response } => {
+                    let pending = self.take_pending(uplink, &request_id);
+                    self.on_response(peer, pending, response)
+                }
                 }
             }
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
@@ -544,7 +573,7 @@ impl EventLoop {
                 {
                     self.strike(peer, &error.to_string());
                 }
-                match self.pending.remove(&request_id) {
+                match self.take_pending(uplink, &request_id) {
                     Some(Pending::Chunks { channel, ids, source }) => {
                         self.request_done(source);
                         if let Some(f) = self.fetches.get_mut(&channel) {
@@ -581,8 +610,8 @@ impl EventLoop {
         }
     }
 
-    fn on_response(&mut self, peer: PeerId, request_id: OutboundRequestId, response: Response) {
-        match (self.pending.remove(&request_id), response) {
+    fn on_response(&mut self, peer: PeerId, pending: Option<Pending>, response: Response) {
+        match (pending, response) {
             (Some(Pending::Releases), Response::Releases(list)) => {
                 for signed in list {
                     self.consider_and_forward(signed, peer);
@@ -704,6 +733,7 @@ impl EventLoop {
                         self.state_dirty = true;
                         match source {
                             Source::Seed => {
+                                tracing::debug!(chunk = %id, "stored a chunk from the seed");
                                 self.seed_fetched += 1;
                                 self.site.note_my_progress(Instant::now());
                             }

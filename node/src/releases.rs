@@ -39,12 +39,15 @@ impl EventLoop {
             return Ok((false, format!("channel {} is not followed", body.channel)));
         }
         let what = format!("release {} v{}", body.channel, body.version);
-        if let Err(e) = self.store.raise_trust(body.channel.as_str(), body.version, body.issued_at) {
-            tracing::warn!(error = %e, "release refused");
-            return Err(e.to_string());
-        }
+        // Recorded before the trusted version is raised: a crash between the two then leaves a
+        // recorded release whose trust `resume` raises at the next start. The other order left
+        // the version trusted and the release unrecorded, refused ever after as not newer.
         if let Err(e) = self.store.record_release(&signed, &body) {
             tracing::error!(error = %e, "cannot record release");
+            return Err(e.to_string());
+        }
+        if let Err(e) = self.store.raise_trust(body.channel.as_str(), body.version, body.issued_at) {
+            tracing::warn!(error = %e, "release refused");
             return Err(e.to_string());
         }
         tracing::info!(channel = %body.channel, version = body.version, artifacts = body.artifacts.len(), bytes = body.stored_bytes(), "release accepted");

@@ -186,6 +186,7 @@ impl EventLoop {
         }
         match source {
             Source::Seed => {
+                tracing::debug!(chunks = ?ids, "asking the seed");
                 self.seed_in_flight += 1;
                 self.state_dirty = true;
             }
@@ -195,7 +196,11 @@ impl EventLoop {
                 }
             }
         }
-        self.send(&peer, Request::Chunks(ids.clone()), Pending::Chunks { channel: channel.to_owned(), ids, source });
+        let pending = Pending::Chunks { channel: channel.to_owned(), ids: ids.clone(), source };
+        match source {
+            Source::Seed => self.send_uplink(&peer, Request::Chunks(ids), pending),
+            Source::Peer(_) => self.send(&peer, Request::Chunks(ids), pending),
+        }
     }
 
     /// Verify and store the chunks of a response, off the event loop.
@@ -224,7 +229,10 @@ impl EventLoop {
                 continue;
             }
             // A chunk no longer wanted (it landed from elsewhere meanwhile) is not stored twice.
-            let Some(entry) = self.fetches.get(&channel).and_then(|f| f.entry(&id)) else { continue };
+            let Some(entry) = self.fetches.get(&channel).and_then(|f| f.entry(&id)) else {
+                tracing::debug!(chunk = %id, ?source, "chunk arrived but is no longer wanted");
+                continue;
+            };
             let incoming = Incoming { channel: channel.clone(), id, reply, source, entry };
             if self.writer.try_send(incoming).is_ok() {
                 self.writing += 1;

@@ -2,6 +2,9 @@
 //!
 //! One request/response protocol carries everything: a device asks for the releases a peer
 //! holds and for batches of chunks; a seed pushes a new release to the devices connected to it.
+//! A device's chunk requests to the seed use the same messages on a second protocol name
+//! ([`UPLINK_PROTOCOL`]), so that the node can give exchanges over the metered uplink a longer
+//! deadline than exchanges with site peers.
 //! Messages are postcard (varint lengths, raw byte strings); the node's stream codec frames them
 //! with a length prefix checked against [`limits`] before anything is read.
 
@@ -11,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 /// Protocol name on the wire; bumped on incompatible change.
 pub const PROTOCOL: &str = "/layerhop/exchange/1";
+
+/// Protocol name of chunk requests from a device to the seed (same messages as [`PROTOCOL`]).
+pub const UPLINK_PROTOCOL: &str = "/layerhop/uplink/1";
 
 /// What one peer asks another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -44,7 +44,7 @@ fn hostile_requests(targets: Vec<(PeerId, Multiaddr)>, per_target: usize) -> (us
     rt.block_on(async move {
         let key = libp2p::identity::Keypair::generate_ed25519();
         let classifier = layerhop_node::traffic::Classifier::new(false, &[], &[]);
-        let mut swarm = layerhop_node::swarm::build(key, classifier, Duration::from_secs(20), false, layerhop_node::swarm::limits(false)).expect("swarm");
+        let mut swarm = layerhop_node::swarm::build(key, classifier, Duration::from_secs(20), false, false, layerhop_node::swarm::limits(false)).expect("swarm");
         for (p, a) in &targets {
             swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(*p).addresses(vec![a.clone()]).build()).expect("dial");
         }
