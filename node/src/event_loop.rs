@@ -86,6 +86,8 @@ pub(crate) enum Pending {
 }
 
 pub(crate) enum Done {
+    /// This many chunks left the writer's queue (staged, held already, or refused).
+    Staged(usize),
     /// A received chunk was verified and stored (or not); `below` is the walk of the subtree
     /// under an interior node.
     Stored { channel: String, id: ChunkId, result: Result<(), String>, source: Source, below: Option<Result<layerhop_store::blob::Progress, String>> },
@@ -665,8 +667,13 @@ impl EventLoop {
             Done::Serve { channel, response } => {
                 let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
             }
+            Done::Staged(n) => {
+                // Only a pump that the backlog stopped has anything new to do.
+                let was_full = self.writing >= crate::schedule::WRITE_BACKLOG;
+                self.writing = self.writing.saturating_sub(n);
+                self.pump_due |= was_full && self.writing < crate::schedule::WRITE_BACKLOG;
+            }
             Done::Stored { channel, id, result, source, below } => {
-                self.writing = self.writing.saturating_sub(1);
                 let ok = match result {
                     Ok(()) => true,
                     Err(reason) => {
