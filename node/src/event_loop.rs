@@ -256,6 +256,10 @@ impl EventLoop {
 
     /// Resume fetching every recorded release.
     fn resume(&mut self) {
+        // Chunks staged before a crash are held once adopted: never fetched again.
+        if let Err(e) = self.store.adopt_staged() {
+            tracing::error!(error = %e, "cannot adopt chunks staged before a crash; they will be fetched again");
+        }
         let keys = self.release_keys();
         if keys.is_empty() {
             return;

@@ -76,7 +76,6 @@ impl Store {
         std::fs::create_dir_all(root).map_err(Error::io("create directory", root))?;
         let files = ChunkFiles::open(root)?;
         let staging = staging::Staging::open(root)?;
-        let adopted = staging.adopt(&files)?;
         let index_dir = root.join("index");
         let mut report = OpenReport::default();
         // A new store (no index, no chunks, no releases) is created, not rebuilt: nothing to warn
@@ -120,9 +119,6 @@ impl Store {
             store.rebuild(&mut report)?;
             store.db.insert(FORMAT_KEY, FORMAT)?;
             store.db.flush()?;
-        }
-        for (id, len) in adopted {
-            store.index_chunk(&id, len);
         }
         Ok((store, report))
     }
@@ -266,6 +262,17 @@ impl Store {
         }
         self.staging.write(id, bytes)?;
         Ok(true)
+    }
+
+    /// Adopt the chunks a process that died had staged and not yet committed: those whose bytes
+    /// match their names are synced, named and indexed, the others deleted (see `staging`). A
+    /// node does this when it starts, before it looks at what it lacks. Returns how many.
+    pub fn adopt_staged(&self) -> Result<usize> {
+        let adopted = self.staging.adopt(&self.files)?;
+        for (id, len) in &adopted {
+            self.index_chunk(id, *len);
+        }
+        Ok(adopted.len())
     }
 
     /// Make every chunk staged so far durable with one file-system sync, then name and index

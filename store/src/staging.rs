@@ -11,9 +11,9 @@
 //!
 //! The rules stay: bytes are verified before they are staged, and a chunk is named only after
 //! its bytes were synced. A staged file outlives a `kill -9` (it is in the page cache) and is
-//! adopted at the next [`Staging::adopt`] if its bytes still match its name (after a power cut
-//! they may not: then it is dropped and fetched again), so a crash loses only chunks not yet
-//! staged. A staged file is never written twice: a second copy of a chunk whose staged file
+//! adopted when the node next starts ([`Staging::adopt`]) if its bytes still match its name
+//! (after a power cut they may not: then it is dropped and fetched again), so a crash loses
+//! only chunks not yet staged. A staged file is never written twice: a second copy of a chunk whose staged file
 //! exists is not written (the file is created exclusively).
 
 use crate::chunks::ChunkFiles;

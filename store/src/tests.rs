@@ -234,6 +234,8 @@ fn chunks_staged_before_a_crash_are_adopted_if_whole() {
     let torn_path = dir.path().join("incoming").join(ChunkId::of(&torn).to_hex().as_str());
     std::fs::write(&torn_path, &torn[..1000]).expect("tear");
     let (s, _) = Store::open(dir.path()).expect("reopen");
+    assert!(!s.has(&ChunkId::of(&whole)), "staged, not yet adopted");
+    assert_eq!(s.adopt_staged().expect("adopt"), 1);
     assert!(s.has(&ChunkId::of(&whole)));
     assert_eq!(s.get(&ChunkId::of(&whole)).expect("get").as_deref(), Some(&whole[..]));
     assert!(!s.has(&ChunkId::of(&torn)));
