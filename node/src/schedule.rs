@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 /// How long to leave a chunk the seed said it lacks before asking the seed again.
 const SEED_LACK_RETRY: Duration = Duration::from_secs(5);
 
-/// Received chunks waiting for the writer above which no new chunk is requested: one batch.
-const WRITE_BACKLOG: usize = 64;
+/// Received chunks waiting in the writer's queue (in memory, not yet staged on disk: what a
+/// `kill -9` loses) above which no new chunk is requested.
+pub(crate) const WRITE_BACKLOG: usize = 64;
 
 /// Parked wants are all looked at again this often, whatever else happens: a claim can vanish
 /// without the member ever holding the chunk (it gave up, or its state message was lost).
@@ -61,10 +62,10 @@ impl EventLoop {
         if self.writer.disk_full().is_some() {
             return;
         }
-        // Backpressure from the disk: received chunks waiting to be written are memory, and
+        // Backpressure from the disk: received chunks waiting to be staged are memory, and
         // lost (fetched again) if the node dies. A network faster than the disk would otherwise
         // fill the writer's queue; so no new requests while a batch's worth is waiting. Each
-        // stored chunk wakes the pump again.
+        // staged chunk wakes the pump again.
         if self.writing >= WRITE_BACKLOG {
             return;
         }

@@ -1,11 +1,23 @@
-//! The chunk writer: one thread that decompresses, verifies and stores received chunks in
-//! batches, so a batch of up to 64 chunks costs two file-system syncs instead of one fsync each
-//! (see the store's `put_batch`), and the event loop never waits on the disk. After an interior
-//! tree node is stored, the writer walks the subtree below it, so the fetch learns the node's
-//! missing children without reading the disk itself.
+//! The chunk writer: two threads between the network and the disk, so the event loop never
+//! waits on the disk and the network never waits for a flush.
+//!
+//! - `chunk-writer` decompresses and verifies each received chunk and stages it (the store's
+//!   `stage`: written under `incoming/`, write-back started), then tells the event loop how
+//!   many chunks left its queue ([`Done::Staged`]): the scheduler's backpressure counts only
+//!   chunks waiting here, in memory, which are also all a `kill -9` can lose (staged files are
+//!   adopted at the next start).
+//! - `chunk-syncer` takes everything staged since its last round, makes it durable with one
+//!   file-system sync and names it (`commit_staged`), and reports each chunk
+//!   ([`Done::Stored`]). A round is as large as what arrived during the previous sync; at most
+//!   [`STAGED_MAX`] chunks wait for one (page cache, and what a power cut can cost again).
+//!
+//! After an interior tree node is stored, the syncer walks the subtree below it, so the fetch
+//! learns the node's missing children without reading the disk itself. Measured on the LAN
+//! bench (256 MiB, two nodes on one 2-core host): batches of 64 chunks with two syncs each,
+//! the network idle meanwhile, gave 45–66 MiB/s.
 //!
 //! A full disk is not a bad chunk: the bytes were verified and fetching them again would cost
-//! the metered link again. So on ENOSPC/EDQUOT the writer keeps the batch, retries it with
+//! the metered link again. So on ENOSPC/EDQUOT the writer keeps the chunk, retries it with
 //! backoff (1 s doubling to 30 s) until space returns, and meanwhile publishes the error in
 //! [`Writer::disk_full`]; the scheduler sends no new chunk requests while it is set, and
 //! `status` reports it as the fetch's `stalled` reason.
@@ -21,9 +33,13 @@ use tokio::sync::mpsc;
 
 /// Chunks queued at most; requests in flight bound what can arrive, far below this.
 pub(crate) const QUEUE: usize = 8192;
-const BATCH: usize = 64;
+/// Staged chunks waiting for a sync at most (the writer waits beyond): up to 64 MiB of
+/// 256 KiB chunks, 16 MiB at the average chunk size.
+const STAGED_MAX: usize = 256;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// A failed sync is retried after this (nothing was named; the staged files stay).
+const SYNC_RETRY: Duration = Duration::from_millis(200);
 
 /// A received chunk on its way to the store.
 pub(crate) struct Incoming {
@@ -33,6 +49,15 @@ pub(crate) struct Incoming {
     pub(crate) source: Source,
     /// The subtree the chunk roots.
     pub(crate) entry: BlobRef,
+}
+
+/// A staged chunk waiting for its sync.
+struct Staged {
+    channel: String,
+    id: ChunkId,
+    len: usize,
+    source: Source,
+    entry: BlobRef,
 }
 
 /// The writer's queue was full (or the thread is gone).
@@ -61,68 +86,110 @@ fn set(flag: &Mutex<Option<String>>, v: Option<String>) {
     *flag.lock().unwrap_or_else(|e| e.into_inner()) = v;
 }
 
-/// Store `good`, waiting out a full disk: returns one result per chunk, none of them disk-full.
-fn store_batch(store: &Store, good: &[(ChunkId, Vec<u8>)], flag: &Mutex<Option<String>>) -> Vec<Result<(), String>> {
-    let mut results: Vec<Result<(), layerhop_store::Error>> = store.put_batch(good);
+/// Stage `bytes`, waiting out a full disk: Ok(true) staged, Ok(false) held already.
+fn stage(store: &Store, id: &ChunkId, bytes: &[u8], flag: &Mutex<Option<String>>) -> Result<bool, layerhop_store::Error> {
     let mut delay = FIRST_RETRY;
     loop {
-        let full: Vec<usize> = (0..results.len()).filter(|&i| results[i].as_ref().is_err_and(|e| e.is_disk_full())).collect();
-        let Some(&first) = full.first() else { break };
-        let why = results[first].as_ref().err().map(|e| e.to_string()).unwrap_or_default();
-        let was_full = flag.lock().map(|g| g.is_some()).unwrap_or(true);
-        if !was_full {
-            tracing::error!(error = %why, chunks = full.len(), "disk full: holding verified chunks and pausing fetches until space returns");
-        }
-        set(flag, Some(format!("disk full, waiting for space: {why}")));
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(MAX_RETRY);
-        let again: Vec<(ChunkId, Vec<u8>)> = full.iter().map(|&i| good[i].clone()).collect();
-        for (i, r) in full.into_iter().zip(store.put_batch(&again)) {
-            results[i] = r;
+        match store.stage(id, bytes) {
+            Err(e) if e.is_disk_full() => {
+                let was_full = flag.lock().map(|g| g.is_some()).unwrap_or(true);
+                if !was_full {
+                    tracing::error!(error = %e, "disk full: holding verified chunks and pausing fetches until space returns");
+                }
+                set(flag, Some(format!("disk full, waiting for space: {e}")));
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(MAX_RETRY);
+            }
+            r => {
+                if delay != FIRST_RETRY {
+                    tracing::info!("disk space returned; writing chunks again");
+                    set(flag, None);
+                }
+                return r;
+            }
         }
     }
-    if flag.lock().map(|g| g.is_some()).unwrap_or(false) {
-        tracing::info!("disk space returned; writing chunks again");
-        set(flag, None);
-    }
-    results.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
 }
 
-/// Start the writer thread; it stops when every sender is dropped.
+/// Start the writer and syncer threads; they stop when every sender is dropped.
 pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Result<Writer> {
     let (tx, mut rx) = mpsc::channel::<Incoming>(QUEUE);
+    let (staged_tx, staged_rx) = std::sync::mpsc::sync_channel::<Staged>(STAGED_MAX);
     let disk_full = Arc::new(Mutex::new(None));
     let flag = disk_full.clone();
+    let (w_store, w_done) = (store.clone(), done.clone());
     std::thread::Builder::new().name("chunk-writer".into()).spawn(move || {
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(x) => batch.push(x),
-                    Err(_) => break,
-                }
-            }
-            let mut good = Vec::new();
-            let mut meta = Vec::new();
-            for x in batch {
-                match crate::codec::decompress(x.reply) {
-                    Some(Ok(bytes)) => {
-                        good.push((x.id, bytes));
-                        meta.push((x.channel, x.id, x.source, x.entry));
+        // Chunks taken from the queue and not yet reported as such: told in one message once
+        // the queue is empty (or every 16), not one per chunk.
+        let mut left = 0;
+        loop {
+            let x = match rx.try_recv() {
+                Ok(x) => x,
+                Err(_) => {
+                    if left > 0 {
+                        let _ = w_done.blocking_send(Done::Staged(std::mem::take(&mut left)));
                     }
-                    Some(Err(e)) => {
-                        let result = Err(format!("undecodable compressed chunk: {e}"));
-                        let _ = done.blocking_send(Done::Stored { channel: x.channel, id: x.id, result, source: x.source, below: None });
+                    match rx.blocking_recv() {
+                        Some(x) => x,
+                        None => break,
                     }
-                    None => {}
                 }
+            };
+            if left >= 16 {
+                let _ = w_done.blocking_send(Done::Staged(std::mem::take(&mut left)));
             }
-            let results = store_batch(&store, &good, &flag);
-            for ((channel, id, source, entry), result) in meta.into_iter().zip(results) {
-                let below = (result.is_ok() && entry.height > 0).then(|| layerhop_store::blob::progress(&store, &[entry]).map_err(|e| e.to_string()));
-                let _ = done.blocking_send(Done::Stored { channel, id, result, source, below });
+            left += 1;
+            let bytes = match crate::codec::decompress(x.reply) {
+                Some(Ok(bytes)) => bytes,
+                Some(Err(e)) => {
+                    let result = Err(format!("undecodable compressed chunk: {e}"));
+                    let _ = w_done.blocking_send(Done::Stored { channel: x.channel, id: x.id, result, source: x.source, below: None });
+                    continue;
+                }
+                None => continue,
+            };
+            match stage(&w_store, &x.id, &bytes, &flag) {
+                Ok(true) => {
+                    let s = Staged { channel: x.channel, id: x.id, len: bytes.len(), source: x.source, entry: x.entry };
+                    drop(bytes);
+                    if staged_tx.send(s).is_err() {
+                        break;
+                    }
+                }
+                // Held already (it landed from elsewhere): stored, nothing to sync.
+                Ok(false) => report(&w_store, &w_done, x.channel, x.id, Ok(()), x.source, x.entry),
+                Err(e) => report(&w_store, &w_done, x.channel, x.id, Err(e.to_string()), x.source, x.entry),
+            }
+        }
+    })?;
+    std::thread::Builder::new().name("chunk-syncer".into()).spawn(move || {
+        while let Ok(first) = staged_rx.recv() {
+            let mut round = vec![first];
+            round.extend(staged_rx.try_iter());
+            let ids: Vec<(ChunkId, usize)> = round.iter().map(|s| (s.id, s.len)).collect();
+            let mut delay = SYNC_RETRY;
+            let results = loop {
+                match store.commit_staged(&ids) {
+                    Ok(r) => break r,
+                    Err(e) => {
+                        if delay == SYNC_RETRY {
+                            tracing::error!(error = %e, chunks = ids.len(), "cannot sync staged chunks; trying again");
+                        }
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(MAX_RETRY);
+                    }
+                }
+            };
+            for (s, r) in round.into_iter().zip(results) {
+                report(&store, &done, s.channel, s.id, r.map_err(|e| e.to_string()), s.source, s.entry);
             }
         }
     })?;
     Ok(Writer { tx, disk_full })
+}
+
+/// Tell the event loop a chunk is stored (or why not), with the walk below an interior node.
+fn report(store: &Store, done: &mpsc::Sender<Done>, channel: String, id: ChunkId, result: Result<(), String>, source: Source, entry: BlobRef) {
+    let below = (result.is_ok() && entry.height > 0).then(|| layerhop_store::blob::progress(store, &[entry]).map_err(|e| e.to_string()));
+    let _ = done.blocking_send(Done::Stored { channel, id, result, source, below });
 }

@@ -2,6 +2,7 @@
 //!
 //! Layout under a node's data directory:
 //! - `chunks/xx/<id>`: one file per chunk, named by the BLAKE3 of its bytes (see `chunks`).
+//! - `incoming/<id>`: chunks received and verified, not yet synced and named (see `staging`).
 //! - `index/`: a sled database of metadata only — which chunks are present (id → length) and
 //!   the newest release of each channel. It is a cache of what the files say: when it is missing
 //!   or damaged, [`Store::open`] rebuilds it by re-hashing every chunk file.
@@ -18,6 +19,7 @@ pub mod blob;
 pub mod error;
 pub mod export;
 mod fsutil;
+mod staging;
 pub mod hashing;
 pub mod import;
 pub mod tarsplit;
@@ -48,6 +50,7 @@ pub struct OpenReport {
 pub struct Store {
     root: PathBuf,
     files: ChunkFiles,
+    staging: staging::Staging,
     db: sled::Db,
     chunk_index: sled::Tree,
     release_index: sled::Tree,
@@ -72,6 +75,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<(Store, OpenReport)> {
         std::fs::create_dir_all(root).map_err(Error::io("create directory", root))?;
         let files = ChunkFiles::open(root)?;
+        let staging = staging::Staging::open(root)?;
         let index_dir = root.join("index");
         let mut report = OpenReport::default();
         // A new store (no index, no chunks, no releases) is created, not rebuilt: nothing to warn
@@ -104,6 +108,7 @@ impl Store {
             release_index: db.open_tree("releases")?,
             db,
             files,
+            staging,
             trust_file,
             trust: Mutex::new(trust),
             durable: std::sync::atomic::AtomicBool::new(true),
@@ -239,6 +244,50 @@ impl Store {
             results[*i] = Some(r);
         }
         results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
+    }
+
+    /// Stage a chunk received from elsewhere, checked against `id` first: its bytes are written
+    /// under `incoming/` (see `staging`), neither durable nor found by [`Store::has`] until a
+    /// [`Store::commit_staged`] names them. Returns whether there is anything to commit (false:
+    /// the chunk is held already).
+    pub fn stage(&self, id: &ChunkId, bytes: &[u8]) -> Result<bool> {
+        if bytes.len() > limits::MAX_CHUNK {
+            return Err(Error::ChunkTooLarge { len: bytes.len(), limit: limits::MAX_CHUNK });
+        }
+        if !id.matches(bytes) {
+            return Err(Error::Mismatch { id: *id });
+        }
+        if self.has(id) {
+            return Ok(false);
+        }
+        self.staging.write(id, bytes)?;
+        Ok(true)
+    }
+
+    /// Adopt the chunks a process that died had staged and not yet committed: those whose bytes
+    /// match their names are synced, named and indexed, the others deleted (see `staging`). A
+    /// node does this when it starts, before it looks at what it lacks. Returns how many.
+    pub fn adopt_staged(&self) -> Result<usize> {
+        let adopted = self.staging.adopt(&self.files)?;
+        for (id, len) in &adopted {
+            self.index_chunk(id, *len);
+        }
+        Ok(adopted.len())
+    }
+
+    /// Make every chunk staged so far durable with one file-system sync, then name and index
+    /// `staged` (chunks staged before this call, with their lengths). Fails as a whole when the
+    /// sync fails (nothing is named); otherwise one result per chunk.
+    pub fn commit_staged(&self, staged: &[(ChunkId, usize)]) -> Result<Vec<Result<()>>> {
+        self.files.sync()?;
+        Ok(staged
+            .iter()
+            .map(|(id, len)| {
+                self.staging.name(&self.files, id)?;
+                self.index_chunk(id, *len);
+                Ok(())
+            })
+            .collect())
     }
 
     /// Store bytes whose id the caller just computed; returns whether the chunk was new.

@@ -203,3 +203,41 @@ fn batch_puts_verify_each_chunk() {
     assert!(!s.has(&ChunkId::of(b"claimed")));
     assert_eq!(s.get(&ChunkId::of(&good)).expect("get").as_deref(), Some(&good[..]));
 }
+
+#[test]
+fn staged_chunks_are_found_only_once_committed() {
+    let (_d, s) = store();
+    let bytes = pseudo_random(70_000, 7);
+    let id = ChunkId::of(&bytes);
+    assert!(matches!(s.stage(&ChunkId::of(b"claimed"), &bytes), Err(Error::Mismatch { .. })));
+    assert!(s.stage(&id, &bytes).expect("stage"));
+    assert!(s.stage(&id, &bytes).expect("stage twice"), "a second copy before the commit is still to commit");
+    assert!(!s.has(&id), "a staged chunk is not held before its sync");
+    let r = s.commit_staged(&[(id, bytes.len()), (id, bytes.len())]).expect("commit");
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    assert!(s.has(&id));
+    assert_eq!(s.get(&id).expect("get").as_deref(), Some(&bytes[..]));
+    assert!(!s.stage(&id, &bytes).expect("stage held"), "a held chunk is not staged again");
+}
+
+#[test]
+fn chunks_staged_before_a_crash_are_adopted_if_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let whole = pseudo_random(50_000, 8);
+    let torn = pseudo_random(50_000, 9);
+    {
+        let (s, _) = Store::open(dir.path()).expect("open");
+        assert!(s.stage(&ChunkId::of(&whole), &whole).expect("stage"));
+        assert!(s.stage(&ChunkId::of(&torn), &torn).expect("stage"));
+        // The process dies before the commit; a power cut tore one staged file.
+    }
+    let torn_path = dir.path().join("incoming").join(ChunkId::of(&torn).to_hex().as_str());
+    std::fs::write(&torn_path, &torn[..1000]).expect("tear");
+    let (s, _) = Store::open(dir.path()).expect("reopen");
+    assert!(!s.has(&ChunkId::of(&whole)), "staged, not yet adopted");
+    assert_eq!(s.adopt_staged().expect("adopt"), 1);
+    assert!(s.has(&ChunkId::of(&whole)));
+    assert_eq!(s.get(&ChunkId::of(&whole)).expect("get").as_deref(), Some(&whole[..]));
+    assert!(!s.has(&ChunkId::of(&torn)));
+    assert!(!torn_path.exists(), "a torn staged file is deleted");
+}
