@@ -320,9 +320,12 @@ mod tests {
         b
     }
 
-    fn secs(s: u64) -> Duration {
-        Duration::from_secs(s)
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
+
+    /// [`SITE_PACE`] scaled down to real time in a test: a 300 ms grace, 64 KiB/s.
+    const PACE: Pace = Pace { grace: Duration::from_millis(300), floor: 64 * 1024 };
 
     async fn read(pace: Option<Pace>, script: Vec<(Duration, Vec<u8>)>) -> (io::Result<Response>, Duration) {
         let start = Instant::now();
@@ -336,50 +339,56 @@ mod tests {
         Response::Chunks(vec![ChunkReply::Raw(vec![9; 64 * 1024]); n]).encode().expect("encode")
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_trickle_is_cut_once_its_grace_is_over() {
-        // A header announcing 4 KiB, then one byte a second.
-        let mut script = vec![(secs(0), 4096u32.to_le_bytes().to_vec())];
-        script.extend((1..200).map(|i| (secs(i), vec![0u8])));
-        let (r, took) = read(Some(SITE_PACE), script).await;
-        let e = r.expect_err("a trickle is cut");
-        assert!(matches!(Fault::of(&e), Some(Fault::Stalled { .. })), "{e}");
-        assert!(took >= SITE_PACE.grace && took < SITE_PACE.grace + secs(1), "cut after {took:?}");
+    /// A header announcing 4 KiB, then one byte every 50 ms.
+    fn trickle() -> Vec<(Duration, Vec<u8>)> {
+        let mut script = vec![(ms(0), 4096u32.to_le_bytes().to_vec())];
+        script.extend((1..200).map(|i| (ms(50 * i), vec![0u8])));
+        script
     }
 
-    #[tokio::test(start_paused = true)]
+    // These run in real time: the reader reads what is due before it looks at its clock, so a
+    // loaded host only makes the cuts later, never turns an answer that kept the pace into a
+    // stall.
+
+    #[tokio::test]
+    async fn a_trickle_is_cut_once_its_grace_is_over() {
+        let (r, took) = read(Some(PACE), trickle()).await;
+        let e = r.expect_err("a trickle is cut");
+        assert!(matches!(Fault::of(&e), Some(Fault::Stalled { .. })), "{e}");
+        assert!(took >= PACE.grace && took < PACE.grace + Duration::from_secs(5), "cut after {took:?}");
+    }
+
+    #[tokio::test]
     async fn a_slow_start_or_a_stall_after_a_burst_is_not_a_trickle() {
-        let body = chunks(4);
-        // Nothing for 20 s (the peer's event loop was busy), then the answer at once.
-        let (r, _) = read(Some(SITE_PACE), vec![(secs(20), framed(&body))]).await;
+        let f = framed(&chunks(4));
+        // Nothing for a while (the peer's event loop was busy), then the answer at once.
+        let (r, _) = read(Some(PACE), vec![(ms(600), f.clone())]).await;
         assert!(matches!(r, Ok(Response::Chunks(c)) if c.len() == 4));
-        // Header and 64 KiB at once, then the host freezes for 25 s: the burst is credit.
-        let f = framed(&body);
-        let (r, _) = read(Some(SITE_PACE), vec![(secs(0), f[..64 * 1024].to_vec()), (secs(25), f[64 * 1024..].to_vec())]).await;
+        // Header and 64 KiB at once, then the sender freezes for most of the second that
+        // burst pays for.
+        let (r, _) = read(Some(PACE), vec![(ms(0), f[..64 * 1024].to_vec()), (ms(800), f[64 * 1024..].to_vec())]).await;
         assert!(matches!(r, Ok(Response::Chunks(c)) if c.len() == 4));
-        // The header, then 4 s of nothing: still within the grace.
-        let (r, _) = read(Some(SITE_PACE), vec![(secs(0), f[..4].to_vec()), (secs(4), f[4..].to_vec())]).await;
+        // The header, then nothing for most of the grace.
+        let (r, _) = read(Some(PACE), vec![(ms(0), f[..4].to_vec()), (ms(200), f[4..].to_vec())]).await;
         assert!(r.is_ok());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn without_a_pace_only_the_deadline_ends_a_trickle() {
-        let mut script = vec![(secs(0), 4096u32.to_le_bytes().to_vec())];
-        script.extend((1..200).map(|i| (secs(i), vec![0u8])));
-        let still = tokio::time::timeout(secs(60), read(None, script)).await;
+        let still = tokio::time::timeout(PACE.grace * 4, read(None, trickle())).await;
         assert!(still.is_err(), "an unpaced read (the seed's) was cut by the codec");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn oversized_and_malformed_answers_are_faults() {
         let huge = (limits::MAX_RESPONSE as u32 + 1).to_le_bytes().to_vec();
-        let (r, _) = read(Some(SITE_PACE), vec![(secs(0), huge)]).await;
+        let (r, _) = read(Some(PACE), vec![(ms(0), huge)]).await;
         assert!(matches!(Fault::of(&r.expect_err("too large")), Some(Fault::TooLarge { .. })));
-        let (r, _) = read(None, vec![(secs(0), framed(&[0xFF; 100]))]).await;
+        let (r, _) = read(None, vec![(ms(0), framed(&[0xFF; 100]))]).await;
         assert!(matches!(Fault::of(&r.expect_err("malformed")), Some(Fault::Malformed { .. })));
         // An answer that ends early is not proof of malice (the peer may have crashed).
         let f = framed(&chunks(1));
-        let (r, _) = read(Some(SITE_PACE), vec![(secs(0), f[..1000].to_vec())]).await;
+        let (r, _) = read(Some(PACE), vec![(ms(0), f[..1000].to_vec())]).await;
         assert!(Fault::of(&r.expect_err("cut short")).is_none());
     }
 

@@ -116,6 +116,11 @@ impl EventLoop {
             tracing::warn!(%peer, reason, "the seed misbehaved");
             return;
         }
+        // Answers already in flight when the ban fell are not new offences.
+        if self.strikes.is_banned(&peer, Instant::now()) {
+            tracing::debug!(%peer, reason, "fault from a banned peer");
+            return;
+        }
         let banned = self.strikes.strike(peer, Instant::now());
         self.struck(peer, reason, banned);
     }
@@ -139,6 +144,8 @@ impl EventLoop {
         let reason = fault.to_string();
         if Some(peer) == self.seed() {
             tracing::warn!(%peer, reason, "the seed misbehaved");
+        } else if self.strikes.is_banned(&peer, Instant::now()) {
+            tracing::debug!(%peer, reason, "fault from a banned peer");
         } else if matches!(fault, Fault::Stalled { .. }) {
             match self.strikes.stall(peer, Instant::now()) {
                 Some(banned) => self.struck(peer, &reason, banned),
