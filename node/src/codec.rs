@@ -86,7 +86,7 @@ pub enum Fault {
         limit: usize,
     },
     /// The message does not decode (or breaks a bound inside it).
-    #[error("malformed {what}: {reason}")]
+    #[error("{what} refused: {reason}")]
     Malformed {
         /// "request" or "response".
         what: &'static str,
