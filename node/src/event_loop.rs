@@ -542,7 +542,7 @@ impl EventLoop {
                     Some(Pending::Chunks { channel, ids, source }) => {
                         self.request_done(source);
                         // A site peer at fault is not asked for these chunks again.
-                        let lacked = matches!(source, Source::Peer(_)).then_some(source).filter(|_| fault);
+                        let lacked = (fault && matches!(source, Source::Peer(_))).then_some(source);
                         if let Some(f) = self.fetches.get_mut(&channel) {
                             for id in &ids {
                                 f.retry(id, lacked);

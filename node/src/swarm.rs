@@ -5,7 +5,9 @@
 //! connections per peer, a cap on established connections (larger on a seed, which serves the
 //! fleet), [`MAX_STREAMS`] request streams per connection (a stream over the cap is dropped
 //! unread), and every exchange bounded by the request timeout; the codec buffers only bytes that
-//! arrived, so a peer's memory cost is bounded by streams × message bound.
+//! arrived, so a peer's memory cost is bounded by streams × message bound. A banned peer (see
+//! [`crate::strikes`]) is on a block list: its connections are denied once established, before
+//! any protocol handler runs.
 //!
 //! The transport is assembled by hand (`with_other_transport`) rather than with the builder's
 //! `with_tcp`, because link accounting must wrap the raw TCP stream under noise and yamux.
