@@ -24,8 +24,13 @@
 //!   peer encodes the whole answer before writing its first byte and then writes it in one go,
 //!   so from then on only the link and the scheduling of the two connection tasks stand between
 //!   the bytes and this node.
-//! - The reader counts what is there before it looks at the clock: a node whose own tasks were
-//!   starved reads the bytes that queued meanwhile and passes.
+//! - The reader counts what is there before it looks at the clock, and when it finds itself
+//!   behind with nothing to read it lets the connection's multiplexer run once more before it
+//!   judges: a node whose own tasks were starved reads the bytes that queued meanwhile (in the
+//!   stream or still in the socket) and passes. (Measured: without that second look, one honest
+//!   peer was struck in the 250-node simulation, "4 bytes in 5.8 s".)
+//! - The writer sends the length header and the body in one write, so an honest answer's first
+//!   frame carries up to 16 KiB of it: 8 s of credit at the floor.
 //! - The average runs from the first byte (not a sliding window): an honest answer that arrived
 //!   in bursts around a scheduling stall has banked credit. A 64 KiB chunk already delivered
 //!   covers 32 s at the floor, beyond the request's deadline.
@@ -153,6 +158,8 @@ struct Watched<'a, T> {
     first: Option<Instant>,
     got: u64,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The answer was found behind its pace at the last poll, with nothing to read.
+    behind: bool,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
@@ -164,6 +171,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
                     this.first = Some(Instant::now());
                 }
                 this.got += n as u64;
+                this.behind = false;
                 return Poll::Ready(Ok(n));
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -175,6 +183,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
             let due = this.pace.due(first, this.got);
             let now = Instant::now();
             if now >= due {
+                // A connection's task polls its handlers before its multiplexer: after a long
+                // sleep (a starved host) the bytes may be in the socket, not yet in this
+                // stream. Let the multiplexer run once, and judge on the next poll.
+                if !this.behind {
+                    this.behind = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 let secs = now.duration_since(first).as_secs_f64();
                 return Poll::Ready(Err(Fault::Stalled { what: "response", got: this.got, secs, floor: this.pace.floor }.into_io()));
             }
@@ -204,9 +220,14 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize, what:
     Ok(buf)
 }
 
+/// The length and the body in one write: the multiplexer then sends the header in the same
+/// frame as the body's first bytes, so the first byte of an honest answer brings up to a frame
+/// (16 KiB) of credit against the reader's pace.
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    io.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
-    io.write_all(bytes).await?;
+    let mut framed = Vec::with_capacity(4 + bytes.len());
+    framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    framed.extend_from_slice(bytes);
+    io.write_all(&framed).await?;
     io.close().await
 }
 
@@ -230,7 +251,7 @@ impl libp2p::request_response::Codec for Codec {
 
     async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response> {
         let b = match self.pace {
-            Some(pace) => read_frame(&mut Watched { inner: io, pace, first: None, got: 0, timer: None }, limits::MAX_RESPONSE, "response").await?,
+            Some(pace) => read_frame(&mut Watched { inner: io, pace, first: None, got: 0, timer: None, behind: false }, limits::MAX_RESPONSE, "response").await?,
             None => read_frame(io, limits::MAX_RESPONSE, "response").await?,
         };
         Response::decode(&b).map_err(|e| malformed("response", e))
