@@ -298,8 +298,8 @@ pub fn render_status(s: &Status) -> String {
     if s.role == Role::Device && others > 0 {
         out += &format!("other peers: {others} (not members of this site)\n");
     }
-    if s.banned_peers > 0 {
-        out += &format!("banned peers: {}\n", s.banned_peers);
+    if s.banned_peers > 0 || s.strikes > 0 {
+        out += &format!("banned peers: {} ({} strikes given)\n", s.banned_peers, s.strikes);
     }
     out += &format!("releases: {}\n", s.releases.len());
     for r in &s.releases {

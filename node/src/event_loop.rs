@@ -369,13 +369,17 @@ impl EventLoop {
     }
 
     pub(crate) fn send(&mut self, peer: &PeerId, req: Request, pending: Pending) {
-        let id = self.swarm.behaviour_mut().exchange.send_request(peer, req);
+        // Answers from site peers over the LAN must keep a pace (a trickle is cut and struck);
+        // the seed's may crawl over a cellular link.
+        let lan = Some(*peer) != self.seed() && self.peers.get(peer) == Some(&LinkClass::Lan);
+        let paced = crate::codec::Paced { request: req, pace: lan.then_some(crate::codec::SITE_PACE) };
+        let id = self.swarm.behaviour_mut().exchange.send_request(peer, paced);
         self.pending.insert(id, pending);
     }
 
     /// Send a chunk request to the seed on the `uplink` protocol (see [`crate::swarm`]).
     pub(crate) fn send_uplink(&mut self, peer: &PeerId, req: Request, pending: Pending) {
-        let id = self.swarm.behaviour_mut().uplink.send_request(peer, req);
+        let id = self.swarm.behaviour_mut().uplink.send_request(peer, req.into());
         self.uplink_pending.insert(id, pending);
     }
 
@@ -458,6 +462,7 @@ impl EventLoop {
         for channel in idle {
             self.next_round(&channel);
         }
+        self.lift_bans();
         self.observe_metered(crate::policy::Now::system());
         self.send_state();
         self.report_to_seed();
@@ -554,37 +559,32 @@ impl EventLoop {
     }
 
     /// An event of the `exchange` protocol, or (`uplink`) of the seed's chunk protocol.
-    fn on_exchange(&mut self, e: request_response::Event<Request, Response>, uplink: bool) {
+    fn on_exchange(&mut self, e: request_response::Event<crate::codec::Paced, Response>, uplink: bool) {
         match e {
             request_response::Event::Message { peer, message, .. } => {
                 self.site.heard(&peer);
                 match message {
-                request_response::Message::Request { request, channel, .. } => self.on_request(peer, request, channel),
-                request_response::Message::Response { request_id, response } => {
-                    let pending = self.take_pending(uplink, &request_id);
-                    self.on_response(peer, pending, response)
-                }
+                    request_response::Message::Request { request, channel, .. } => self.on_request(peer, request.request, channel),
+                    request_response::Message::Response { request_id, response } => {
+                        let pending = self.take_pending(uplink, &request_id);
+                        self.on_response(peer, pending, response)
+                    }
                 }
             }
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!(%peer, %error, "request failed");
-                // A malformed or oversized answer is the peer's fault. A timeout is not evidence:
-                // an honest peer on an overloaded host misses deadlines too (20 nodes on 2 cores
-                // in the simulations banned each other), so a timed-out request is only retried.
-                // Nor is an answer cut short: a loaded peer whose own deadline for the exchange
-                // passed drops the stream mid-answer (250 nodes on 2 cores struck each other 500
-                // times for it and banned honest members).
-                if let request_response::OutboundFailure::Io(io) = &error
-                    && io.kind() == std::io::ErrorKind::InvalidData
-                {
-                    self.strike(peer, &error.to_string());
-                }
+                // An oversized, malformed or stalled answer is the peer's fault (struck, see
+                // crate::strikes). A timeout is not evidence: an honest peer on an overloaded
+                // host misses deadlines too, so a timed-out request is only retried.
+                let fault = self.judge_failure(peer, &error);
                 match self.take_pending(uplink, &request_id) {
                     Some(Pending::Chunks { channel, ids, source }) => {
                         self.request_done(source);
+                        // A site peer at fault is not asked for these chunks again.
+                        let lacked = (fault && matches!(source, Source::Peer(_))).then_some(source);
                         if let Some(f) = self.fetches.get_mut(&channel) {
                             for id in &ids {
-                                f.retry(id, None);
+                                f.retry(id, lacked);
                             }
                         }
                     }
@@ -658,21 +658,6 @@ impl EventLoop {
             _ => {}
         }
         self.pump_due = true;
-    }
-
-    /// Count a fault against `peer`; the third within the window bans it (never the seed).
-    pub(crate) fn strike(&mut self, peer: PeerId, reason: &str) {
-        if Some(peer) == self.seed() {
-            tracing::warn!(%peer, reason, "the seed misbehaved");
-            return;
-        }
-        if self.strikes.strike(peer, Instant::now()) {
-            tracing::warn!(%peer, reason, "peer banned after repeated faults");
-            self.site.leave(&peer);
-            let _ = self.swarm.disconnect_peer_id(peer);
-        } else {
-            tracing::warn!(%peer, reason, "peer struck");
-        }
     }
 
     /// Dial site members the seed told us about.
@@ -832,6 +817,7 @@ impl EventLoop {
             chunks_from_seed: self.seed_fetched,
             chunks_from_peers: self.peer_fetched,
             banned_peers: self.strikes.banned_count(Instant::now()),
+            strikes: self.strikes.total(),
             revocations_version: self.revoked.version,
             refused_connections: self.refused_connections,
             refused_requests: self.refused_requests,

@@ -98,6 +98,7 @@ pub fn render(s: &Status, fleet: Option<&FleetStatus>) -> Result<String, std::fm
     r.register("peers", "Peers connected now, by link class", gauges([(vec![("link", "metered".to_owned())], metered), (vec![("link", "lan".to_owned())], lan)]));
     r.register("site_members", "Enrolled members of this node's site connected over the LAN", gauge(members));
     r.register("banned_peers", "Peers banned now after repeated faults", gauge(s.banned_peers as u64));
+    r.register("peer_strikes", "Strikes given to peers (bad chunks; oversized, malformed or stalled answers)", counter(s.strikes));
     r.register(
         "chunks_fetched",
         "Chunks fetched since the node started, by source",
@@ -256,6 +257,7 @@ mod tests {
             chunks_from_seed: 5,
             chunks_from_peers: 6,
             banned_peers: 1,
+            strikes: 4,
             revocations_version: 0,
             refused_connections: 0,
             refused_requests: 0,
@@ -278,6 +280,7 @@ mod tests {
             "layerhop_peers{link=\"lan\"} 1",
             "layerhop_site_members 1",
             "layerhop_banned_peers 1",
+            "layerhop_peer_strikes_total 4",
             "layerhop_chunks_fetched_total{source=\"seed\"} 5",
             "layerhop_chunk_requests_served_total 2",
             "layerhop_served_bytes_total 99",

@@ -32,6 +32,9 @@ pub struct Status {
     /// Peers banned now (after repeated faults).
     #[serde(default)]
     pub banned_peers: usize,
+    /// Strikes given to peers since start (bad chunks; oversized, malformed or stalled answers).
+    #[serde(default)]
+    pub strikes: u64,
     /// Inbound connections refused since start (connection limits, failed handshakes).
     #[serde(default)]
     pub refused_connections: u64,

@@ -5,7 +5,9 @@
 //! connections per peer, a cap on established connections (larger on a seed, which serves the
 //! fleet), [`MAX_STREAMS`] request streams per connection (a stream over the cap is dropped
 //! unread), and every exchange bounded by the request timeout; the codec buffers only bytes that
-//! arrived, so a peer's memory cost is bounded by streams × message bound.
+//! arrived, so a peer's memory cost is bounded by streams × message bound. A banned peer (see
+//! [`crate::strikes`]) is on a block list: its connections are denied once established, before
+//! any protocol handler runs.
 //!
 //! A device's chunk requests to the seed travel on a protocol of their own (`uplink`, the same
 //! messages) whose exchanges may last [`UPLINK_REQUEST_TIMEOUT`] instead of the configured
@@ -31,6 +33,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::connection_limits::{self, ConnectionLimits};
+use libp2p::allow_block_list;
 use libp2p::mdns;
 use libp2p::{StreamProtocol, Swarm, Transport, identity, noise, tcp, yamux};
 use std::sync::Arc;
@@ -58,7 +61,9 @@ pub fn limits(seed: bool) -> ConnectionLimits {
 /// and mDNS to find site peers. (The derive generates `BehaviourEvent`.)
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    /// Connection caps (first: a denied connection never reaches the others).
+    /// Banned peers (see [`crate::strikes`]): their connections are closed and new ones denied.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Connection caps (early: a denied connection never reaches the others).
     pub limits: connection_limits::Behaviour,
     /// Releases, announcements, chunks and site state.
     pub exchange: request_response::Behaviour<Codec>,
@@ -93,16 +98,17 @@ pub fn build(
                 .timeout(Duration::from_secs(20)))
         })?
         .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> { Ok(Behaviour {
+            blocked: Default::default(),
             limits: connection_limits::Behaviour::new(limits),
             exchange: request_response::Behaviour::with_codec(
-                Codec,
+                Codec::default(),
                 [(StreamProtocol::new(layerhop_protocol::wire::PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(request_timeout)
                     .with_max_concurrent_streams(MAX_STREAMS),
             ),
             uplink: request_response::Behaviour::with_codec(
-                Codec,
+                Codec::default(),
                 [(
                     StreamProtocol::new(layerhop_protocol::wire::UPLINK_PROTOCOL),
                     if seed { ProtocolSupport::Inbound } else { ProtocolSupport::Outbound },

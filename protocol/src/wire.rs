@@ -252,7 +252,16 @@ impl Response {
         Error::check_len("response", bytes.len(), limits::MAX_RESPONSE)?;
         let r: Response = from_exact(bytes, "response")?;
         match &r {
-            Response::Chunks(c) => Error::check_len("chunk reply list", c.len(), limits::MAX_IDS_PER_REQUEST)?,
+            Response::Chunks(c) => {
+                Error::check_len("chunk reply list", c.len(), limits::MAX_IDS_PER_REQUEST)?;
+                // A chunk is never larger than the chunk bound, and its compressed form is sent
+                // only when smaller: a reply over it is more than was asked for.
+                for r in c {
+                    if let ChunkReply::Raw(b) | ChunkReply::Zstd(b) = r {
+                        Error::check_len("chunk reply", b.len(), limits::MAX_CHUNK)?;
+                    }
+                }
+            }
             Response::Releases(r) => Error::check_len("release list", r.len(), limits::MAX_RELEASES_LISTED)?,
             Response::Refused(s) => Error::check_len("refusal text", s.len(), 1024)?,
             Response::Peers(p) => {
@@ -312,6 +321,16 @@ mod tests {
             for (at, x) in flips { let n = b.len(); b[at % n] ^= x; }
             let _ = Request::decode(&b);
             let _ = Response::decode(&b);
+        }
+    }
+
+    #[test]
+    fn a_chunk_reply_over_the_chunk_bound_is_refused() {
+        let at_bound = Response::Chunks(vec![ChunkReply::Raw(vec![7; limits::MAX_CHUNK])]);
+        assert_eq!(Response::decode(&at_bound.encode().expect("encode")).expect("decode"), at_bound);
+        for over in [ChunkReply::Raw(vec![7; limits::MAX_CHUNK + 1]), ChunkReply::Zstd(vec![7; limits::MAX_CHUNK + 1])] {
+            let r = Response::Chunks(vec![ChunkReply::Missing, over]);
+            assert!(matches!(Response::decode(&r.encode().expect("encode")), Err(Error::TooLarge { what: "chunk reply", .. })));
         }
     }
 

@@ -243,6 +243,19 @@ impl Cluster {
     }
 }
 
+/// Names of the complete chunk files under a node's store (temp files excluded).
+pub(crate) fn chunk_files(home: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(home.join("data/chunks")).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+            if !f.file_name().to_string_lossy().starts_with('.') {
+                out.push(f.path());
+            }
+        }
+    }
+    out
+}
+
 /// SHA-256 of a file, hex.
 pub(crate) fn sha256_file(p: &Path) -> String {
     use sha2::Digest;

@@ -6,10 +6,9 @@
 //! The kill points come from a seeded generator; the seed is printed, and
 //! `LAYERHOP_CRASH_SEED=N` replays a run.
 
-use crate::harness::{Cluster, Node, binary, cli_ok};
+use crate::harness::{Cluster, Node, binary, chunk_files, cli_ok};
 use layerhop_protocol::limits::MAX_IDS_PER_REQUEST;
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const KILLS: usize = 50;
@@ -46,19 +45,6 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
         out.extend_from_slice(&r.next().to_le_bytes());
     }
     out.truncate(n);
-    out
-}
-
-/// Names of the complete chunk files under the device's store (temp files excluded).
-fn chunk_files(home: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for sub in std::fs::read_dir(home.join("data/chunks")).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
-            if !f.file_name().to_string_lossy().starts_with('.') {
-                out.push(f.path());
-            }
-        }
-    }
     out
 }
 

@@ -65,7 +65,7 @@ fn hostile_requests(targets: Vec<(PeerId, Multiaddr)>, per_target: usize) -> (us
                 SwarmEvent::ConnectionEstablished { peer_id, .. } if sent.insert(peer_id) => {
                     for i in 0..per_target {
                         let ids = vec![ChunkId::of(&(i as u64).to_le_bytes())];
-                        swarm.behaviour_mut().exchange.send_request(&peer_id, Request::Chunks(ids));
+                        swarm.behaviour_mut().exchange.send_request(&peer_id, Request::Chunks(ids).into());
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Exchange(Event::Message { message: Message::Response { response, .. }, .. })) => {

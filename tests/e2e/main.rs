@@ -11,6 +11,7 @@ mod issue4_engines;
 mod issue4_from_registry;
 mod issue4_registry;
 mod issue4_releases;
+mod issue5_bad_peer;
 mod issue5_crash_loop;
 mod issue5_disk_full;
 mod issue5_faults;
