@@ -54,8 +54,9 @@ site_sharing = true
 # Default: ["wwan0", "ppp0"].
 metered_interfaces = ["wwan0", "ppp0"]
 
-# Device: seconds a site peer may stay silent (or make no progress on its seed downloads)
-# before the chunks it was to fetch are handed to another member. Default: 15.
+# Device: seconds a site peer may stay silent before the chunks it was to fetch are handed to
+# another member (one making no progress on its seed downloads: this plus request_timeout_secs
+# of working uplink). Default: 15.
 lease_secs = 15
 
 # Channels this device follows. Default: [] = every channel the seed publishes.

@@ -169,6 +169,8 @@ pub struct EventLoop {
     pub(crate) hello_acked: HashSet<PeerId>,
     /// Received chunks handed to the writer and not yet reported stored.
     pub(crate) writing: usize,
+    /// Chunks handed to the writer and not yet reported stored (or refused).
+    pub(crate) unstored: usize,
     /// Something changed that may let the pump send requests.
     pub(crate) pump_due: bool,
     pub(crate) last_pump: Instant,
@@ -236,6 +238,7 @@ impl EventLoop {
             configured_peers: configured,
             hello_acked: HashSet::new(),
             writing: 0,
+            unstored: 0,
             pump_due: false,
             last_pump: Instant::now(),
             last_unpark: Instant::now(),
@@ -701,6 +704,7 @@ impl EventLoop {
                 self.pump_due |= was_full && self.writing < crate::schedule::WRITE_BACKLOG;
             }
             Done::Stored { channel, id, result, source, below } => {
+                self.unstored = self.unstored.saturating_sub(1);
                 let ok = match result {
                     Ok(()) => true,
                     Err(reason) => {
@@ -816,6 +820,7 @@ impl EventLoop {
             traffic: self.classifier.counters.totals(),
             chunks_from_seed: self.seed_fetched,
             chunks_from_peers: self.peer_fetched,
+            chunks_being_stored: self.unstored,
             banned_peers: self.strikes.banned_count(Instant::now()),
             strikes: self.strikes.total(),
             revocations_version: self.revoked.version,

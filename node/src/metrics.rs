@@ -256,6 +256,7 @@ mod tests {
             traffic: Totals { metered_in: 11, metered_out: 12, lan_in: 13, lan_out: 14 },
             chunks_from_seed: 5,
             chunks_from_peers: 6,
+            chunks_being_stored: 0,
             banned_peers: 1,
             strikes: 4,
             revocations_version: 0,

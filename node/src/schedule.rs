@@ -237,6 +237,7 @@ impl EventLoop {
             let incoming = Incoming { channel: channel.clone(), id, reply, source, entry };
             if self.writer.try_send(incoming).is_ok() {
                 self.writing += 1;
+                self.unstored += 1;
             } else {
                 // Cannot happen while requests in flight stay far below the queue; if it does,
                 // the chunk is simply wanted again.

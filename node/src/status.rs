@@ -29,6 +29,10 @@ pub struct Status {
     /// Chunks this node fetched from site peers since it started.
     #[serde(default)]
     pub chunks_from_peers: u64,
+    /// Chunks received and verified or on their way to it, not yet stored (named in the store
+    /// after a file-system sync): `releases[].bytes_have` counts a chunk only once it is.
+    #[serde(default)]
+    pub chunks_being_stored: usize,
     /// Peers banned now (after repeated faults).
     #[serde(default)]
     pub banned_peers: usize,

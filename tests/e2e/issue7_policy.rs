@@ -40,10 +40,12 @@ fn release<'a>(s: &'a Value, channel: &str) -> Option<&'a Value> {
 }
 
 /// Wait until `channel` is held back for `reason`; returns the status.
+/// Wait until `channel` is held back for `reason` and every chunk received before is stored
+/// (a chunk counts in `bytes_have` once it is named in the store, after a file-system sync).
 fn wait_held(d: &Node, channel: &str, reason: &str) -> Value {
     wait_for(&format!("{channel} held back ({reason})"), Duration::from_secs(60), || {
         let s = d.status().ok()?;
-        (hold(&s, channel)?["reason"] == reason).then_some(s)
+        (hold(&s, channel)?["reason"] == reason && s["chunks_being_stored"] == 0).then_some(s)
     })
     .unwrap_or_else(|e| panic!("{e}\nstatus: {:?}\n{}", d.status(), d.log()))
 }
