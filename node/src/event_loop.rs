@@ -4,7 +4,7 @@
 //! Disk work (verifying and storing received chunks, reading chunks to serve) runs on tokio's
 //! blocking pool and reports back through a second bounded channel, so the swarm is never
 //! stalled by an fsync. Releases (acceptance, announcements) are in [`crate::releases`], inbound
-//! requests in [`crate::inbound`], fetch scheduling and site state messages in
+//! requests in [`crate::inbound`], answers to this node's requests in [`crate::outbound`], fetch scheduling and site state messages in
 //! [`crate::schedule`].
 
 use crate::config::{Config, Role};
@@ -19,7 +19,7 @@ use layerhop_protocol::token::Credential;
 use layerhop_protocol::wire::{Hello, PeerInfo, Request, Response};
 use layerhop_protocol::{ChunkId, SignedRelease};
 use layerhop_store::Store;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -386,7 +386,7 @@ impl EventLoop {
         self.uplink_pending.insert(id, pending);
     }
 
-    fn take_pending(&mut self, uplink: bool, id: &OutboundRequestId) -> Option<Pending> {
+    pub(crate) fn take_pending(&mut self, uplink: bool, id: &OutboundRequestId) -> Option<Pending> {
         if uplink { self.uplink_pending.remove(id) } else { self.pending.remove(id) }
     }
 
@@ -550,7 +550,7 @@ impl EventLoop {
         }
     }
 
-    fn hello(&self) -> Hello {
+    pub(crate) fn hello(&self) -> Hello {
         Hello { credential: self.credential.clone(), listen_addrs: self.advertised_addrs(), site_sharing: self.cfg.site_sharing, channels: self.cfg.channels.clone() }
     }
 
@@ -559,108 +559,6 @@ impl EventLoop {
         let is_loopback = |a: &Multiaddr| crate::traffic::socket_addr(a).is_some_and(|s| s.ip().is_loopback());
         let outside: Vec<String> = self.listen_addrs.iter().filter(|a| !is_loopback(a)).map(|a| a.to_string()).collect();
         if outside.is_empty() { self.listen_addrs.iter().map(|a| a.to_string()).collect() } else { outside }
-    }
-
-    /// An event of the `exchange` protocol, or (`uplink`) of the seed's chunk protocol.
-    fn on_exchange(&mut self, e: request_response::Event<crate::codec::Paced, Response>, uplink: bool) {
-        match e {
-            request_response::Event::Message { peer, message, .. } => {
-                self.site.heard(&peer);
-                match message {
-                    request_response::Message::Request { request, channel, .. } => self.on_request(peer, request.request, channel),
-                    request_response::Message::Response { request_id, response } => {
-                        let pending = self.take_pending(uplink, &request_id);
-                        self.on_response(peer, pending, response)
-                    }
-                }
-            }
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                tracing::debug!(%peer, %error, "request failed");
-                // An oversized, malformed or stalled answer is the peer's fault (struck, see
-                // crate::strikes). A timeout is not evidence: an honest peer on an overloaded
-                // host misses deadlines too, so a timed-out request is only retried.
-                let fault = self.judge_failure(peer, &error);
-                match self.take_pending(uplink, &request_id) {
-                    Some(Pending::Chunks { channel, ids, source }) => {
-                        self.request_done(source);
-                        // A site peer at fault is not asked for these chunks again.
-                        let lacked = (fault && matches!(source, Source::Peer(_))).then_some(source);
-                        if let Some(f) = self.fetches.get_mut(&channel) {
-                            for id in &ids {
-                                f.retry(id, lacked);
-                            }
-                        }
-                    }
-                    Some(Pending::Announce { signed, next }) => self.announce_to_next(signed, next),
-                    // The hello is what makes a connection useful (membership, peers): a lost
-                    // one (a timeout on a loaded host) is sent again while the peer is connected.
-                    Some(Pending::Hello) if self.swarm.is_connected(&peer) && self.cfg.role == Role::Device => {
-                        let hello = self.hello();
-                        self.send(&peer, Request::Hello(hello), Pending::Hello);
-                    }
-                    _ => {}
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound request failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
-    }
-
-    pub(crate) fn request_done(&mut self, source: Source) {
-        match source {
-            Source::Seed => self.seed_in_flight = self.seed_in_flight.saturating_sub(1),
-            Source::Peer(p) => {
-                if let Some(m) = self.site.member_mut(&p) {
-                    m.in_flight = m.in_flight.saturating_sub(1);
-                }
-            }
-        }
-    }
-
-    fn on_response(&mut self, peer: PeerId, pending: Option<Pending>, response: Response) {
-        match (pending, response) {
-            (Some(Pending::Releases), Response::Releases(list)) => {
-                for signed in list {
-                    self.consider_and_forward(signed, peer);
-                }
-            }
-            (Some(Pending::Announce { signed, next }), Response::Refused(why)) => {
-                tracing::warn!(%peer, reason = %why, "device refused an announcement");
-                self.announce_to_next(signed, next);
-            }
-            (Some(Pending::Hello), Response::Peers(list)) if Some(peer) == self.seed() => {
-                self.on_peers(list);
-                self.send(&peer, Request::Releases, Pending::Releases);
-                self.seed_ready();
-            }
-            (Some(Pending::Hello), Response::Ack) if Some(peer) != self.seed() => {
-                // The peer took this node as a member: from now on it accepts state messages.
-                self.hello_acked.insert(peer);
-                if self.site.is_member(&peer) {
-                    self.send_full_state(peer);
-                }
-            }
-            (Some(Pending::Hello), Response::Refused(why)) => {
-                tracing::warn!(%peer, reason = %why, "peer refused this node");
-            }
-            (Some(Pending::Chunks { channel, ids, source }), Response::Chunks(replies)) => {
-                self.request_done(source);
-                self.on_chunks(channel, ids, replies, source);
-            }
-            (Some(Pending::Chunks { channel, ids, source }), other) => {
-                self.request_done(source);
-                tracing::warn!(%peer, response = ?other, "unexpected answer to a chunk request");
-                if let Some(f) = self.fetches.get_mut(&channel) {
-                    for id in &ids {
-                        f.retry(id, Some(source));
-                    }
-                }
-            }
-            _ => {}
-        }
-        self.pump_due = true;
     }
 
     /// Dial site members the seed told us about.

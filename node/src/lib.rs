@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod policy;
 pub mod progress;
 pub mod registry;
+mod outbound;
 mod releases;
 mod report;
 pub mod sample;
