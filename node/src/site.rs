@@ -527,35 +527,46 @@ mod tests {
         assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
     }
 
-    #[test]
-    fn a_member_stalled_alone_loses_its_chunks_after_a_lease_of_working_uplink() {
-        let me = PeerId::random();
-        let other = PeerId::random();
-        let third = PeerId::random();
-        let release: ReleaseKey = ("models".into(), 1);
-        let mut s = Site::new(me, Duration::from_secs(15));
+    /// This node and two members fetching `release` from the seed; returns `other`, the third
+    /// member, and a chunk `other` is to fetch.
+    fn two_fetching_members(s: &mut Site, release: &ReleaseKey) -> (PeerId, PeerId, ChunkId) {
+        let (other, third) = (PeerId::random(), PeerId::random());
         s.join(other, vec![], vec![]);
         s.join(third, vec![], vec![]);
-        heartbeat(&mut s, &other, &release, 0, 3);
-        heartbeat(&mut s, &third, &release, 0, 3);
+        heartbeat(s, &other, release, 0, 3);
+        heartbeat(s, &third, release, 0, 3);
         let theirs = (0..100u32)
             .map(|i| ChunkId::of(&i.to_le_bytes()))
-            .find(|id| s.fetcher(&release, id, true, long_ago()) == Fetcher::Peer(other))
+            .find(|id| s.fetcher(release, id, true, long_ago()) == Fetcher::Peer(other))
             .expect("some chunk is theirs");
-        // The third member downloads (this node waits on nothing); `other` is stuck.
-        for i in 1..=14 {
-            pass(&mut s, Duration::from_secs(1));
-            heartbeat(&mut s, &other, &release, 0, 3);
-            heartbeat(&mut s, &third, &release, i, 3);
+        (other, third, theirs)
+    }
+
+    /// `third` lands a seed chunk every second while `other` lands none: `other` keeps `theirs`
+    /// for `bound` seconds of that working uplink, and loses it just after.
+    fn stuck_beside_a_working_member(s: &mut Site, release: &ReleaseKey, (other, third, theirs): (PeerId, PeerId, ChunkId), bound: u64) {
+        for i in 1..bound {
+            pass(s, Duration::from_secs(1));
+            heartbeat(s, &other, release, 0, 3);
+            heartbeat(s, &third, release, i, 3);
             s.expire();
-            assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Peer(other));
+            assert_eq!(s.fetcher(release, &theirs, true, long_ago()), Fetcher::Peer(other), "handed on after {i} s");
         }
-        pass(&mut s, Duration::from_secs(2));
-        heartbeat(&mut s, &other, &release, 0, 3);
-        heartbeat(&mut s, &third, &release, 15, 3);
+        pass(s, Duration::from_secs(2));
+        heartbeat(s, &other, release, 0, 3);
+        heartbeat(s, &third, release, bound, 3);
         assert!(s.expire());
-        assert_ne!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Peer(other));
+        assert_ne!(s.fetcher(release, &theirs, true, long_ago()), Fetcher::Peer(other));
+    }
+
+    #[test]
+    fn a_member_stalled_alone_loses_its_chunks_after_a_lease_of_working_uplink() {
+        let release: ReleaseKey = ("models".into(), 1);
+        let mut s = Site::new(PeerId::random(), Duration::from_secs(15));
+        let members = two_fetching_members(&mut s, &release);
+        stuck_beside_a_working_member(&mut s, &release, members, 15);
         // A member with nothing pending is never stalled.
+        let (other, _, theirs) = members;
         heartbeat(&mut s, &other, &release, 0, 0);
         assert!(s.expire());
         assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Peer(other));
@@ -563,33 +574,11 @@ mod tests {
 
     #[test]
     fn a_member_slow_at_the_seed_keeps_its_chunks_until_the_stall_bound() {
-        let me = PeerId::random();
-        let other = PeerId::random();
-        let third = PeerId::random();
+        // A busy seed answers `other` later than a lease: it keeps its chunks until the bound.
         let release: ReleaseKey = ("models".into(), 1);
-        let mut s = Site::new(me, Duration::from_secs(15)).with_stall(Duration::from_secs(45));
-        s.join(other, vec![], vec![]);
-        s.join(third, vec![], vec![]);
-        heartbeat(&mut s, &other, &release, 0, 3);
-        heartbeat(&mut s, &third, &release, 0, 3);
-        let theirs = (0..100u32)
-            .map(|i| ChunkId::of(&i.to_le_bytes()))
-            .find(|id| s.fetcher(&release, id, true, long_ago()) == Fetcher::Peer(other))
-            .expect("some chunk is theirs");
-        // The site makes progress; `other`'s requests wait at a busy seed for longer than a lease.
-        for i in 1..=44 {
-            pass(&mut s, Duration::from_secs(1));
-            heartbeat(&mut s, &other, &release, 0, 3);
-            heartbeat(&mut s, &third, &release, i, 3);
-            s.expire();
-            assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Peer(other), "handed on after {i} s");
-        }
-        // Past the stall bound of working uplink: its chunks move.
-        pass(&mut s, Duration::from_secs(2));
-        heartbeat(&mut s, &other, &release, 0, 3);
-        heartbeat(&mut s, &third, &release, 45, 3);
-        assert!(s.expire());
-        assert_ne!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Peer(other));
+        let mut s = Site::new(PeerId::random(), Duration::from_secs(15)).with_stall(Duration::from_secs(45));
+        let members = two_fetching_members(&mut s, &release);
+        stuck_beside_a_working_member(&mut s, &release, members, 45);
     }
 
     #[test]
