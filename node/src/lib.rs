@@ -32,6 +32,7 @@ pub mod fetch;
 pub mod fleet;
 pub mod fleet_trust;
 pub mod home;
+pub mod http_endpoint;
 mod inbound;
 pub mod install;
 pub mod metrics;

@@ -172,18 +172,7 @@ pub fn addr_file(home: &Home) -> PathBuf {
 }
 
 /// A running endpoint.
-pub struct Running {
-    task: tokio::task::JoinHandle<()>,
-    file: PathBuf,
-}
-
-impl Running {
-    /// Stop serving and remove `HOME/metrics-addr`.
-    pub fn stop(self) {
-        self.task.abort();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
+pub use crate::http_endpoint::Running;
 
 async fn scrape(handle: Handle) -> axum::response::Response {
     use axum::http::{StatusCode, header};
@@ -204,27 +193,10 @@ pub async fn start(cfg: &Config, home: &Home, handle: Handle) -> Option<Running>
         tracing::info!("metrics endpoint off (metrics = \"off\")");
         return None;
     };
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(%addr, error = %e, "metrics endpoint not started: cannot listen (set `metrics` in config.toml to a free address, or \"off\")");
-            return None;
-        }
-    };
-    let bound = listener.local_addr().unwrap_or(addr);
-    let file = addr_file(home);
-    let tmp = file.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, format!("{bound}\n")).and_then(|()| std::fs::rename(&tmp, &file)) {
-        tracing::warn!(path = %file.display(), error = %e, "cannot record the metrics address");
-    }
     let app = axum::Router::new().route("/metrics", axum::routing::get(move || scrape(handle.clone())));
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "metrics endpoint stopped");
-        }
-    });
-    tracing::info!(addr = %bound, "metrics endpoint listening on /metrics");
-    Some(Running { task, file })
+    let running = crate::http_endpoint::start("metrics endpoint", "metrics", addr, addr_file(home), app).await?;
+    tracing::info!(addr = %running.addr, "metrics endpoint listening on /metrics");
+    Some(running)
 }
 
 #[cfg(test)]

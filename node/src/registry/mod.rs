@@ -44,20 +44,7 @@ pub fn addr_file(home: &Home) -> PathBuf {
 }
 
 /// A running registry.
-pub struct Running {
-    /// The address it listens on.
-    pub addr: std::net::SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-    file: PathBuf,
-}
-
-impl Running {
-    /// Stop serving and remove `HOME/registry-addr`.
-    pub fn stop(self) {
-        self.task.abort();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
+pub use crate::http_endpoint::Running;
 
 /// Start the registry if the config asks for one. Never fails the daemon: a registry that cannot
 /// start is logged and left off.
@@ -70,26 +57,8 @@ pub async fn start(cfg: &Config, home: &Home, store: Arc<Store>, key: Option<Pub
         tracing::warn!("registry mirror not started: no publisher key to verify releases with");
         return None;
     };
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(%addr, error = %e, "registry mirror not started: cannot listen (set `registry` in config.toml to a free address, or \"off\")");
-            return None;
-        }
-    };
-    let bound = listener.local_addr().unwrap_or(addr);
-    let file = addr_file(home);
-    let tmp = file.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, format!("{bound}\n")).and_then(|()| std::fs::rename(&tmp, &file)) {
-        tracing::warn!(path = %file.display(), error = %e, "cannot record the registry address");
-    }
     let state = Arc::new(routes::AppState { catalog: Arc::new(catalog::Catalog::new(store, key)), wait: cfg.registry_wait });
-    let app = routes::router(state);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "registry mirror stopped");
-        }
-    });
-    tracing::info!(addr = %bound, wait_secs = cfg.registry_wait.as_secs(), "registry mirror listening");
-    Some(Running { addr: bound, task, file })
+    let running = crate::http_endpoint::start("registry mirror", "registry", addr, addr_file(home), routes::router(state)).await?;
+    tracing::info!(addr = %running.addr, wait_secs = cfg.registry_wait.as_secs(), "registry mirror listening");
+    Some(running)
 }
