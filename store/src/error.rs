@@ -54,6 +54,12 @@ pub enum Error {
     /// A tar could not be split or joined.
     #[error("tar: {0}")]
     Tar(#[from] crate::tarsplit::Error),
+    /// Another process has the store open (sled holds a lock on its index while open).
+    #[error("the store at {path} is in use by another process (its index is locked); stop that node first")]
+    InUse {
+        /// The store's directory.
+        path: PathBuf,
+    },
     /// A release being recorded is not newer than the trusted one.
     #[error("channel {channel}: version {version} is not newer than trusted version {trusted}")]
     NotNewer {

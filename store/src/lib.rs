@@ -34,6 +34,8 @@ use std::sync::Mutex;
 
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = b"layerhop-index-1";
+/// How long [`Store::open`] waits for a locked index before refusing the store as in use.
+const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What [`Store::open`] found.
 #[derive(Debug, Default, Clone)]
@@ -80,6 +82,7 @@ impl Store {
         let mut report = OpenReport::default();
         // A new store (no index, no chunks, no releases) is created, not rebuilt: nothing to warn
         // about.
+        Self::wait_until_unlocked(root, &index_dir)?;
         let fresh = !index_dir.exists() && !root.join("releases").exists() && files.is_empty();
         let db = match Self::open_index(&index_dir) {
             Ok(db) => db,
@@ -121,6 +124,27 @@ impl Store {
             store.db.flush()?;
         }
         Ok((store, report))
+    }
+
+    /// sled holds an exclusive lock on `index/db` while the index is open, and fails to open a
+    /// locked one. A lock is not damage: moving the index aside and rebuilding would pull it
+    /// from under the node that holds it. Within one process a store just dropped may still
+    /// hold the lock for a moment (sled's flusher thread winds down), so wait briefly before
+    /// refusing.
+    fn wait_until_unlocked(root: &Path, index_dir: &Path) -> Result<()> {
+        let Ok(db) = std::fs::File::open(index_dir.join("db")) else { return Ok(()) };
+        let deadline = std::time::Instant::now() + INDEX_LOCK_WAIT;
+        loop {
+            match db.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::InUse { path: root.to_owned() }),
+                // Locking unsupported here: sled's own open reports anything real.
+                Err(std::fs::TryLockError::Error(_)) => return Ok(()),
+            }
+        }
     }
 
     fn open_index(dir: &Path) -> std::result::Result<sled::Db, String> {

@@ -241,3 +241,37 @@ fn chunks_staged_before_a_crash_are_adopted_if_whole() {
     assert!(!s.has(&ChunkId::of(&torn)));
     assert!(!torn_path.exists(), "a torn staged file is deleted");
 }
+
+#[test]
+fn a_store_open_elsewhere_is_refused_and_left_intact() {
+    let (dir, s) = store();
+    let id = ChunkId::of(b"held by the running node");
+    s.put(&id, b"held by the running node").expect("put");
+    match Store::open(dir.path()) {
+        Err(e @ Error::InUse { .. }) => assert!(e.to_string().contains("in use by another process"), "{e}"),
+        other => panic!("a locked store was opened: {other:?}"),
+    }
+    assert!(!dir.path().read_dir().expect("list").flatten().any(|e| e.file_name().to_string_lossy().starts_with("index.damaged")), "the index was moved aside");
+    assert_eq!(s.get(&id).expect("get").as_deref(), Some(&b"held by the running node"[..]));
+}
+
+#[test]
+fn reopening_right_after_a_drop_never_rebuilds() {
+    // sled hands its log writes to a background pool whose tasks keep the index file (and its
+    // lock) open for a moment after the store is dropped: write before every drop.
+    let (dir, s) = store();
+    let id = ChunkId::of(b"kept");
+    s.put(&id, b"kept").expect("put");
+    let mut s = s;
+    for round in 0..20u32 {
+        for i in 0..100u32 {
+            let bytes = [round.to_le_bytes(), i.to_le_bytes()].concat();
+            s.put(&ChunkId::of(&bytes), &bytes).expect("put");
+        }
+        drop(s);
+        let (again, report) = Store::open(dir.path()).expect("reopen");
+        assert!(!report.rebuilt, "round {round}: the index was rebuilt");
+        assert!(again.has(&id));
+        s = again;
+    }
+}
