@@ -264,6 +264,30 @@ fn issue7_wait_times_out_with_a_reason() {
     assert!(err.contains("timed out") && err.contains("not heard of"), "{err}");
 }
 
+/// A second `layerhop run` on a home whose node is running (a unit started twice, an operator
+/// trying it by hand) is refused with a reason, and the running node keeps its store: the index
+/// used to be taken for damaged, moved aside and rebuilt under it.
+#[test]
+fn issue7_a_second_run_on_a_running_home_is_refused() {
+    let mut c = Cluster::start(0, "x");
+    c.add_device("depot-1");
+    let dir = models(&c, "r1", 1 << 20, 3);
+    let v = c.publish("detector", &[&dir]);
+    let d = &c.devices[0];
+    d.wait_complete("detector", v, Duration::from_secs(120));
+    let before = d.status().expect("status")["releases"].clone();
+    let out = Command::new(binary()).args(["run", "--home", d.home_arg()]).stdin(Stdio::null()).output().expect("run layerhop");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second node ran on the same home: {err}");
+    assert!(err.contains("in use by another process"), "{err}");
+    let data = std::fs::read_dir(d.home.join("data")).expect("data").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>();
+    assert!(!data.iter().any(|n| n.contains("damaged")), "{data:?}");
+    let s = d.status().expect("the first node still answers");
+    assert_eq!(s["releases"], before);
+    assert_eq!(before[0]["complete"], true, "{before}");
+    assert!(!d.log().contains("rebuilding the index"), "{}", d.log());
+}
+
 /// `layerhop status --json | head -1` and the like: a reader that closed its end is not an
 /// error of the command (it used to panic in `println!`).
 #[test]
