@@ -2,7 +2,8 @@
 //!
 //! The length is checked against the protocol's bound before a byte of the body is read, so an
 //! oversized message is refused as "too large" (not buffered, not misreported as a decode error),
-//! and the body is buffered as it arrives, never allocated ahead of the bytes.
+//! and the body's buffer is reserved at the announced length but filled (its memory touched)
+//! only as bytes arrive.
 //! Chunk payloads may be zstd-compressed by the sender ([`compress`]); [`decompress`] bounds
 //! its output at the chunk limit.
 //!
@@ -214,24 +215,32 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize, what:
     if len > limit {
         return Err(Fault::TooLarge { what, len, limit }.into_io());
     }
-    // Grow with what arrives: a peer that announces a large message and sends nothing costs
-    // nothing (the exchange's deadline, or the answer's pace, ends it).
-    let mut buf = Vec::with_capacity(len.min(64 * 1024));
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{what} ended after {} of {len} bytes", buf.len())));
+    // The announced length (under the bound) is reserved at once — address space, not memory:
+    // pages are touched only as bytes arrive, [`READ_STEP`] at a time, so a peer that announces
+    // a large message and sends nothing costs nothing (the exchange's deadline, or the answer's
+    // pace, ends it). Growing with what arrives instead (`read_to_end`) moved every answer
+    // again at each doubling and zero-filled up to twice its size.
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = buf.len();
+        buf.resize(at + READ_STEP.min(len - at), 0);
+        let n = io.read(&mut buf[at..]).await?;
+        buf.truncate(at + n);
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{what} ended after {at} of {len} bytes")));
+        }
     }
     Ok(buf)
 }
 
-/// The length and the body in one write: the multiplexer then sends the header in the same
-/// frame as the body's first bytes, so the first byte of an honest answer brings up to a frame
-/// (16 KiB) of credit against the reader's pace.
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    let mut framed = Vec::with_capacity(4 + bytes.len());
-    framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    framed.extend_from_slice(bytes);
-    io.write_all(&framed).await?;
+/// How much of a message's buffer is made ready for each read.
+const READ_STEP: usize = 64 * 1024;
+
+/// Write a message encoded with its length in front (`encode_framed`) in one write: the
+/// multiplexer then sends the header in the same frame as the body's first bytes, so the first
+/// byte of an honest answer brings up to a frame (16 KiB) of credit against the reader's pace.
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, framed: &[u8]) -> io::Result<()> {
+    io.write_all(framed).await?;
     io.close().await
 }
 
@@ -263,11 +272,11 @@ impl libp2p::request_response::Codec for Codec {
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, r: Paced) -> io::Result<()> {
         self.pace = r.pace;
-        write_frame(io, &r.request.encode().map_err(invalid)?).await
+        write_frame(io, &r.request.encode_framed().map_err(invalid)?).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, r: Response) -> io::Result<()> {
-        write_frame(io, &r.encode().map_err(invalid)?).await
+        write_frame(io, &r.encode_framed().map_err(invalid)?).await
     }
 }
 

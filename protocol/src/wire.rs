@@ -195,16 +195,29 @@ pub(crate) fn from_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static
     Ok(value)
 }
 
-fn to_vec<T: Serialize>(v: &T, what: &'static str) -> Result<Vec<u8>, Error> {
-    postcard::to_allocvec(v).map_err(|e| Error::malformed(what, e))
+/// Encode `v`, refusing it over `limit`, in one allocation of the exact size — after its
+/// 4-byte little-endian length if `framed` (the form the exchange sends). Why exact: postcard's
+/// `to_allocvec` grows its buffer by doubling, and a 4 MiB answer of chunks was copied about
+/// twice over on its way out (then once more to put the length in front).
+fn encode<T: Serialize>(v: &T, what: &'static str, limit: usize, framed: bool) -> Result<Vec<u8>, Error> {
+    let len = postcard::experimental::serialized_size(v).map_err(|e| Error::malformed(what, e))?;
+    Error::check_len(what, len, limit)?;
+    let mut out = Vec::with_capacity(len + 4);
+    if framed {
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+    }
+    postcard::to_extend(v, out).map_err(|e| Error::malformed(what, e))
 }
 
 impl Request {
     /// Encode, refusing a request over its bound.
     pub fn encode(&self) -> Result<Vec<u8>, Error> {
-        let b = to_vec(self, "request")?;
-        Error::check_len("request", b.len(), limits::MAX_REQUEST)?;
-        Ok(b)
+        encode(self, "request", limits::MAX_REQUEST, false)
+    }
+
+    /// [`Request::encode`] after the 4-byte little-endian length of the encoding.
+    pub fn encode_framed(&self) -> Result<Vec<u8>, Error> {
+        encode(self, "request", limits::MAX_REQUEST, true)
     }
 
     /// Decode untrusted bytes.
@@ -242,9 +255,12 @@ impl Request {
 impl Response {
     /// Encode, refusing a response over its bound.
     pub fn encode(&self) -> Result<Vec<u8>, Error> {
-        let b = to_vec(self, "response")?;
-        Error::check_len("response", b.len(), limits::MAX_RESPONSE)?;
-        Ok(b)
+        encode(self, "response", limits::MAX_RESPONSE, false)
+    }
+
+    /// [`Response::encode`] after the 4-byte little-endian length of the encoding.
+    pub fn encode_framed(&self) -> Result<Vec<u8>, Error> {
+        encode(self, "response", limits::MAX_RESPONSE, true)
     }
 
     /// Decode untrusted bytes.
