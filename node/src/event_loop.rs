@@ -174,6 +174,10 @@ pub struct EventLoop {
     /// Something changed that may let the pump send requests.
     pub(crate) pump_due: bool,
     pub(crate) last_pump: Instant,
+    /// When the pump last looked at every ready want, and whether the seed has had room freed
+    /// since (see [`crate::schedule`]).
+    pub(crate) last_full_pass: Instant,
+    pub(crate) seed_room_freed: bool,
     last_unpark: Instant,
     /// Site peers this node leaves to dial it, and when to dial them anyway.
     deferred_dials: HashMap<PeerId, (Vec<Multiaddr>, Instant)>,
@@ -241,6 +245,8 @@ impl EventLoop {
             unstored: 0,
             pump_due: false,
             last_pump: Instant::now(),
+            last_full_pass: Instant::now(),
+            seed_room_freed: false,
             last_unpark: Instant::now(),
             deferred_dials: HashMap::new(),
             last_releases_ask: HashMap::new(),

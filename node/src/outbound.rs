@@ -59,7 +59,10 @@ impl EventLoop {
 
     pub(crate) fn request_done(&mut self, source: Source) {
         match source {
-            Source::Seed => self.seed_in_flight = self.seed_in_flight.saturating_sub(1),
+            Source::Seed => {
+                self.seed_in_flight = self.seed_in_flight.saturating_sub(1);
+                self.seed_room_freed = true;
+            }
             Source::Peer(p) => {
                 if let Some(m) = self.site.member_mut(&p) {
                     m.in_flight = m.in_flight.saturating_sub(1);
