@@ -221,14 +221,16 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize, what:
     // pace, ends it). Growing with what arrives instead (`read_to_end`) moved every answer
     // again at each doubling and zero-filled up to twice its size.
     let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        let at = buf.len();
-        buf.resize(at + READ_STEP.min(len - at), 0);
-        let n = io.read(&mut buf[at..]).await?;
-        buf.truncate(at + n);
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{what} ended after {at} of {len} bytes")));
+    let mut filled = 0;
+    while filled < len {
+        if filled == buf.len() {
+            buf.resize((filled + READ_STEP).min(len), 0);
         }
+        let n = io.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{what} ended after {filled} of {len} bytes")));
+        }
+        filled += n;
     }
     Ok(buf)
 }
