@@ -175,6 +175,18 @@ fn peak_rss(pid: u32) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// CPU seconds (user + system) the process has used so far, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis;
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after it.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0.0 };
+    let ticks: u64 = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(port) = args.sink {
@@ -205,17 +217,19 @@ fn main() -> Result<()> {
         let token = run(&bin, &["invite", "--home", &h("seed"), "--site", "bench"])?;
         run(&bin, &[&["init", "--home", &h(d), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"][..], &quiet].concat())?;
     }
-    let _a = start(&bin, &root.join("a"))?;
+    let a = start(&bin, &root.join("a"))?;
     run(&bin, &["publish", "--home", &h("seed"), "--channel", "bench", &file_dir.to_string_lossy()])?;
     eprintln!("device A fetching {} MiB from the seed (set-up, not timed)", args.size_mib);
     wait("device A", Duration::from_secs(1800), || complete(&rt, &root.join("a")))?;
     let tcp_null = tcp_copy(&me, &file, None)?;
     let tcp = tcp_copy(&me, &file, Some(&root.join("tcp-copy.bin")))?;
     eprintln!("device B fetching over the LAN from A (timed)");
+    let sender_cpu_before = cpu_seconds(a.0.id());
     let started = Instant::now();
     let b = start(&bin, &root.join("b"))?;
     let s = wait("device B", Duration::from_secs(1800), || complete(&rt, &root.join("b")))?;
     let lan = started.elapsed();
+    let (receiver_cpu, sender_cpu) = (cpu_seconds(b.0.id()), cpu_seconds(a.0.id()) - sender_cpu_before);
     let rss = peak_rss(b.0.id());
     let lan_in = s["traffic"]["lan_in"].as_u64().unwrap_or(0);
     let metered_in = s["traffic"]["metered_in"].as_u64().unwrap_or(0);
@@ -227,7 +241,8 @@ fn main() -> Result<()> {
             "{}",
             serde_json::json!({"bytes": bytes, "tcp_copy_seconds": tcp.as_secs_f64(), "tcp_copy_to_null_seconds": tcp_null.as_secs_f64(),
                 "lan_seconds": lan.as_secs_f64(), "ratio": ratio, "ratio_to_null_copy": ratio_null,
-                "receiver_peak_rss_bytes": rss, "receiver_lan_in": lan_in, "receiver_metered_in": metered_in})
+                "receiver_peak_rss_bytes": rss, "receiver_lan_in": lan_in, "receiver_metered_in": metered_in,
+                "receiver_cpu_seconds": receiver_cpu, "sender_cpu_seconds": sender_cpu})
         );
     } else {
         println!("{:<28} {:>9} {:>10}", "", "seconds", "MiB/s");
@@ -235,6 +250,7 @@ fn main() -> Result<()> {
         println!("{:<28} {:>9.2} {:>10.1}", "TCP copy into a file+fsync", tcp.as_secs_f64(), mib_s(tcp));
         println!("{:<28} {:>9.2} {:>10.1}", "layerhop LAN fetch (B ← A)", lan.as_secs_f64(), mib_s(lan));
         println!("receiver: lan_in {lan_in} bytes, metered_in {metered_in} bytes, peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64);
+        println!("CPU during the LAN fetch: receiver {receiver_cpu:.2} s (from its start), sender {sender_cpu:.2} s");
         println!("LAN/TCP speed ratio: {ratio:.2} (goal >= 0.80; against the copy into /dev/null: {ratio_null:.2})");
     }
     Ok(())
