@@ -23,6 +23,11 @@ const PARALLEL: usize = 1;
 /// Chunks the device's writer stores per batch (node/src/writer.rs).
 const WRITER_BATCH: usize = 64;
 
+/// Chunks the device has received so far: named in its store, or staged and not yet named.
+fn received(home: &std::path::Path) -> usize {
+    chunk_files(home).len() + std::fs::read_dir(home.join("data/incoming")).map_or(0, |d| d.count())
+}
+
 /// xorshift64*: reproducible kill points without a dependency.
 struct Rng(u64);
 
@@ -80,17 +85,22 @@ fn fifty_kills_while_fetching_never_refetch_verified_chunks() {
         // A kill point: a random instant after the process starts (often before it reaches
         // the seed), or once a random number of new chunks has landed (mid-batch,
         // mid-response). Polled every millisecond: on loopback a batch lands in a few.
-        if rng.below(10) < 3 {
+        // Chunks are counted as they arrive (staged under `incoming/`), not as they are named:
+        // a node names what it staged once per file-system sync, and while a sync is slow (a
+        // busy disk) it goes on receiving, so named files can jump by hundreds at once. A kill
+        // at a random instant still comes no later than a writer batch of progress: on a fast
+        // machine 150 ms is hundreds of chunks, and 50 kills would not span the release.
+        let got = received(&d.home);
+        let (limit, cap) = if rng.below(10) < 3 {
             time_kills += 1;
-            // Sleeping here is the kill point itself, not a wait for a condition.
-            std::thread::sleep(Duration::from_millis(rng.below(150)));
+            (Duration::from_millis(rng.below(150)), got + WRITER_BATCH)
         } else {
             progress_kills += 1;
-            let want = held + 1 + rng.below(8) as usize;
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while chunk_files(&d.home).len() < want && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            (Duration::from_secs(5), got + 1 + rng.below(8) as usize)
+        };
+        let deadline = Instant::now() + limit;
+        while received(&d.home) < cap && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
         }
         child.kill().expect("kill -9");
         child.wait().expect("reap");
