@@ -80,9 +80,9 @@ impl Store {
         let staging = staging::Staging::open(root)?;
         let index_dir = root.join("index");
         let mut report = OpenReport::default();
+        Self::wait_until_unlocked(root, &index_dir)?;
         // A new store (no index, no chunks, no releases) is created, not rebuilt: nothing to warn
         // about.
-        Self::wait_until_unlocked(root, &index_dir)?;
         let fresh = !index_dir.exists() && !root.join("releases").exists() && files.is_empty();
         let db = match Self::open_index(&index_dir) {
             Ok(db) => db,
@@ -92,6 +92,8 @@ impl Store {
                 db.flush()?;
                 db
             }
+            // Locked by a process that opened the store since the wait above: not damage.
+            Err(_) if Self::locked(&index_dir) => return Err(Error::InUse { path: root.to_owned() }),
             Err(reason) => {
                 tracing::warn!(index = %index_dir.display(), %reason, "rebuilding the index from the chunk files");
                 let aside = root.join(format!("index.damaged-{}", std::process::id()));
@@ -129,22 +131,24 @@ impl Store {
     /// sled holds an exclusive lock on `index/db` while the index is open, and fails to open a
     /// locked one. A lock is not damage: moving the index aside and rebuilding would pull it
     /// from under the node that holds it. Within one process a store just dropped may still
-    /// hold the lock for a moment (sled's flusher thread winds down), so wait briefly before
-    /// refusing.
+    /// hold the lock for a moment (sled's background threads finish the writes they were
+    /// handed, holding the file), so wait briefly before refusing.
     fn wait_until_unlocked(root: &Path, index_dir: &Path) -> Result<()> {
-        let Ok(db) = std::fs::File::open(index_dir.join("db")) else { return Ok(()) };
         let deadline = std::time::Instant::now() + INDEX_LOCK_WAIT;
-        loop {
-            match db.try_lock() {
-                Ok(()) => return Ok(()),
-                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::InUse { path: root.to_owned() }),
-                // Locking unsupported here: sled's own open reports anything real.
-                Err(std::fs::TryLockError::Error(_)) => return Ok(()),
+        while Self::locked(index_dir) {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::InUse { path: root.to_owned() });
             }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        Ok(())
+    }
+
+    /// Whether another open file holds sled's lock on the index (`false` when there is no
+    /// index file, or locks are not supported here: sled's own open then reports anything real).
+    fn locked(index_dir: &Path) -> bool {
+        let Ok(db) = std::fs::File::open(index_dir.join("db")) else { return false };
+        matches!(db.try_lock(), Err(std::fs::TryLockError::WouldBlock))
     }
 
     fn open_index(dir: &Path) -> std::result::Result<sled::Db, String> {
