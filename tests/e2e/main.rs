@@ -20,3 +20,4 @@ mod issue5_trust;
 mod issue6_netns;
 mod issue7_operating;
 mod issue7_policy;
+mod readme_demo;
