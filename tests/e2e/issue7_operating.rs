@@ -147,14 +147,21 @@ fn metrics_equal_status(node: &Node) -> BTreeMap<Key, f64> {
     .unwrap_or_else(|e| panic!("{e}\nlast scrape:\n{}\nstatus: {:?}", scrape(node).0, node.status()))
 }
 
-#[test]
-fn issue7_metrics_equal_status_after_a_release() {
+/// A seed and one device of `depot-1` that holds release `detector` (models of `bytes` from
+/// `seed`); returns the cluster and the release's version.
+fn one_device_holding_detector(bytes: usize, seed: u64) -> (Cluster, u64) {
     let mut c = Cluster::start(0, "x");
     c.add_device("depot-1");
-    let dir = models(&c, "r1", 3 << 20, 7);
+    let dir = models(&c, "r1", bytes, seed);
     let v = c.publish("detector", &[&dir]);
+    c.devices[0].wait_complete("detector", v, Duration::from_secs(120));
+    (c, v)
+}
+
+#[test]
+fn issue7_metrics_equal_status_after_a_release() {
+    let (c, v) = one_device_holding_detector(3 << 20, 7);
     let d = &c.devices[0];
-    d.wait_complete("detector", v, Duration::from_secs(120));
     let m = metrics_equal_status(d);
     assert!(sample(&m, "layerhop_link_bytes_total", &[("class", "metered"), ("direction", "in")]) > 3 << 20, "the release came over the metered link");
     assert_eq!(sample(&m, "layerhop_release_complete", &[("channel", "detector"), ("version", &v.to_string())]), 1);
@@ -269,12 +276,8 @@ fn issue7_wait_times_out_with_a_reason() {
 /// used to be taken for damaged, moved aside and rebuilt under it.
 #[test]
 fn issue7_a_second_run_on_a_running_home_is_refused() {
-    let mut c = Cluster::start(0, "x");
-    c.add_device("depot-1");
-    let dir = models(&c, "r1", 1 << 20, 3);
-    let v = c.publish("detector", &[&dir]);
+    let (c, _) = one_device_holding_detector(1 << 20, 3);
     let d = &c.devices[0];
-    d.wait_complete("detector", v, Duration::from_secs(120));
     let before = d.status().expect("status")["releases"].clone();
     let out = Command::new(binary()).args(["run", "--home", d.home_arg()]).stdin(Stdio::null()).output().expect("run layerhop");
     let err = String::from_utf8_lossy(&out.stderr);
