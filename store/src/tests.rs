@@ -259,10 +259,9 @@ fn a_store_open_elsewhere_is_refused_and_left_intact() {
 fn reopening_right_after_a_drop_never_rebuilds() {
     // sled hands its log writes to a background pool whose tasks keep the index file (and its
     // lock) open for a moment after the store is dropped: write before every drop.
-    let (dir, s) = store();
+    let (dir, mut s) = store();
     let id = ChunkId::of(b"kept");
     s.put(&id, b"kept").expect("put");
-    let mut s = s;
     for round in 0..20u32 {
         for i in 0..100u32 {
             let bytes = [round.to_le_bytes(), i.to_le_bytes()].concat();
