@@ -2,12 +2,12 @@
 //! waits on the disk and the network never waits for a flush.
 //!
 //! - `chunk-writer` decompresses and verifies each received chunk and stages it (the store's
-//!   `stage`: written under `incoming/`, write-back started), then tells the event loop how
+//!   `stage`: appended to a pack file), then tells the event loop how
 //!   many chunks left its queue ([`Done::Staged`]): the scheduler's backpressure counts only
-//!   chunks waiting here, in memory, which are also all a `kill -9` can lose (staged files are
-//!   adopted at the next start).
+//!   chunks waiting here, in memory, which are also all a `kill -9` can lose (staged chunks are
+//!   adopted from their pack at the next start).
 //! - `chunk-syncer` takes everything staged since its last round, makes it durable with one
-//!   file-system sync and names it (`commit_staged`), and reports each chunk
+//!   `fdatasync` of the pack and indexes it (`commit_staged`), and reports each chunk
 //!   ([`Done::Stored`]). A round is as large as what arrived during the previous sync; at most
 //!   [`STAGED_MAX`] chunks wait for one (page cache, and what a power cut can cost again).
 //!
@@ -55,7 +55,6 @@ pub(crate) struct Incoming {
 struct Staged {
     channel: String,
     id: ChunkId,
-    len: usize,
     source: Source,
     entry: BlobRef,
 }
@@ -150,7 +149,7 @@ pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Res
             };
             match stage(&w_store, &x.id, &bytes, &flag) {
                 Ok(true) => {
-                    let s = Staged { channel: x.channel, id: x.id, len: bytes.len(), source: x.source, entry: x.entry };
+                    let s = Staged { channel: x.channel, id: x.id, source: x.source, entry: x.entry };
                     drop(bytes);
                     if staged_tx.send(s).is_err() {
                         break;
@@ -166,7 +165,7 @@ pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Res
         while let Ok(first) = staged_rx.recv() {
             let mut round = vec![first];
             round.extend(staged_rx.try_iter());
-            let ids: Vec<(ChunkId, usize)> = round.iter().map(|s| (s.id, s.len)).collect();
+            let ids: Vec<ChunkId> = round.iter().map(|s| s.id).collect();
             let mut delay = SYNC_RETRY;
             let results = loop {
                 match store.commit_staged(&ids) {

@@ -34,12 +34,11 @@ use std::path::{Path, PathBuf};
 /// A chunk id (32 bytes of BLAKE3).
 pub type Id = [u8; 32];
 
-/// The chunk ids in a home's store (its chunk files; temp files are skipped).
+/// The chunk ids in a home's store (its chunk files, temp files skipped, and its pack records).
 pub fn chunk_ids(home: &Path) -> Result<HashSet<Id>> {
     let mut out = HashSet::new();
     let dir = home.join("data/chunks");
-    let Ok(subs) = std::fs::read_dir(&dir) else { return Ok(out) };
-    for sub in subs {
+    for sub in std::fs::read_dir(&dir).into_iter().flatten() {
         let sub = sub?.path();
         if !sub.is_dir() {
             continue;
@@ -52,6 +51,8 @@ pub fn chunk_ids(home: &Path) -> Result<HashSet<Id>> {
             }
         }
     }
+    let packed = layerhop_store::packs::record_ids(&home.join("data")).with_context(|| format!("reading the packs of {}", home.display()))?;
+    out.extend(packed.into_iter().map(|id| *id.as_bytes()));
     Ok(out)
 }
 

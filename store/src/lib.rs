@@ -1,11 +1,16 @@
 //! layerhop's content-addressed store.
 //!
 //! Layout under a node's data directory:
-//! - `chunks/xx/<id>`: one file per chunk, named by the BLAKE3 of its bytes (see `chunks`).
-//! - `incoming/<id>`: chunks received and verified, not yet synced and named (see `staging`).
-//! - `index/`: a sled database of metadata only — which chunks are present (id → length) and
-//!   the newest release of each channel. It is a cache of what the files say: when it is missing
-//!   or damaged, [`Store::open`] rebuilds it by re-hashing every chunk file.
+//! - `packs/<n>.pack`: chunks received from peers, appended to a few large files (see
+//!   [`packs`]).
+//! - `chunks/xx/<id>`: one file per chunk, named by the BLAKE3 of its bytes (see `chunks`):
+//!   chunks a node imported itself (a seed's releases), and homes made by earlier versions.
+//! - `incoming/<id>`: chunks an earlier version had received and not yet named when it
+//!   stopped; adopted at the next start (see `staging`).
+//! - `index/`: a sled database of metadata only — which chunks are present and where (a chunk
+//!   file's length, or its pack, offset and length), how far each pack was synced, and the
+//!   newest release of each channel. It is a cache of what the files say: when it is missing or
+//!   damaged, [`Store::open`] rebuilds it by re-hashing every chunk file and pack record.
 //! - `releases/<channel>/<version>.release`: every recorded signed release, written atomically;
 //!   the durable copy from which the index's release table is rebuilt.
 //! - `trust.json`: the highest accepted version per channel (see [`trust`]).
@@ -19,6 +24,7 @@ pub mod blob;
 pub mod error;
 pub mod export;
 mod fsutil;
+pub mod packs;
 mod staging;
 pub mod hashing;
 pub mod import;
@@ -29,6 +35,8 @@ pub use error::{Error, Result};
 
 use chunks::{ChunkFiles, Read as ChunkRead};
 use layerhop_protocol::{ChunkId, ReleaseBody, SignedRelease, limits};
+use packs::{Loc, Packs};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -42,9 +50,10 @@ const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct OpenReport {
     /// Whether the index had to be rebuilt from the chunk files.
     pub rebuilt: bool,
-    /// Chunk files found valid during a rebuild.
+    /// Chunk files and pack records found valid during a rebuild.
     pub chunks_kept: usize,
-    /// Chunk files dropped during a rebuild because their bytes did not match their names.
+    /// Chunk files and pack records dropped during a rebuild because their bytes did not match
+    /// their names.
     pub chunks_dropped: usize,
 }
 
@@ -53,8 +62,14 @@ pub struct Store {
     root: PathBuf,
     files: ChunkFiles,
     staging: staging::Staging,
+    packs: Packs,
     db: sled::Db,
     chunk_index: sled::Tree,
+    /// Pack number (u32 BE) → the length up to which its records were synced and indexed.
+    pack_index: sled::Tree,
+    /// Packed chunks the index refused to record (a full disk): found here until the next start,
+    /// which adopts them from the packs.
+    unindexed: Mutex<HashMap<ChunkId, Loc>>,
     release_index: sled::Tree,
     trust_file: trust::TrustFile,
     trust: Mutex<trust::Trust>,
@@ -78,12 +93,13 @@ impl Store {
         std::fs::create_dir_all(root).map_err(Error::io("create directory", root))?;
         let files = ChunkFiles::open(root)?;
         let staging = staging::Staging::open(root)?;
+        let packs = Packs::open(root)?;
         let index_dir = root.join("index");
         let mut report = OpenReport::default();
         Self::wait_until_unlocked(root, &index_dir)?;
         // A new store (no index, no chunks, no releases) is created, not rebuilt: nothing to warn
         // about.
-        let fresh = !index_dir.exists() && !root.join("releases").exists() && files.is_empty();
+        let fresh = !index_dir.exists() && !root.join("releases").exists() && files.is_empty() && packs.list()?.is_empty();
         let db = match Self::open_index(&index_dir) {
             Ok(db) => db,
             Err(_) if fresh => {
@@ -111,9 +127,12 @@ impl Store {
             root: root.to_owned(),
             chunk_index: db.open_tree("chunks")?,
             release_index: db.open_tree("releases")?,
+            pack_index: db.open_tree("packs")?,
+            unindexed: Mutex::default(),
             db,
             files,
             staging,
+            packs,
             trust_file,
             trust: Mutex::new(trust),
             durable: std::sync::atomic::AtomicBool::new(true),
@@ -173,6 +192,26 @@ impl Store {
                 ChunkRead::Damaged | ChunkRead::Absent => report.chunks_dropped += 1,
             }
         }
+        for pack in self.packs.list()? {
+            let path = self.packs.path(pack);
+            let (records, end) = packs::records(&path, pack, 0).map_err(Error::io("read", &path))?;
+            for r in records {
+                if r.id.matches(&r.bytes) {
+                    let loc = Loc { pack, offset: r.offset, len: r.bytes.len() as u32 };
+                    self.chunk_index.insert(r.id.as_bytes(), &loc.encode())?;
+                    report.chunks_kept += 1;
+                } else {
+                    report.chunks_dropped += 1;
+                }
+            }
+            // Whatever follows the last whole record is left as it is (it may be damage in the
+            // middle of a pack, with records after it): nothing is appended to an old pack.
+            let size = std::fs::metadata(&path).map_err(Error::io("stat", &path))?.len();
+            if end < size {
+                tracing::warn!(pack = %path.display(), at = end, "pack unreadable past this offset; the chunks past it will be fetched again");
+            }
+            self.pack_index.insert(pack.to_be_bytes(), &size.to_le_bytes())?;
+        }
         let dir = self.root.join("releases");
         for channel in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let mut newest: Option<(u64, SignedRelease)> = None;
@@ -229,7 +268,7 @@ impl Store {
     /// a chunk file written before a crash (after its fsync, before sled persisted the insert)
     /// is verified and adopted, so a crash never makes a device fetch verified bytes again.
     pub fn has(&self, id: &ChunkId) -> bool {
-        if matches!(self.chunk_index.contains_key(id.as_bytes()), Ok(true)) {
+        if matches!(self.chunk_index.contains_key(id.as_bytes()), Ok(true)) || lock(&self.unindexed).contains_key(id) {
             return true;
         }
         if !self.files.path(id).exists() {
@@ -274,10 +313,10 @@ impl Store {
         results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
     }
 
-    /// Stage a chunk received from elsewhere, checked against `id` first: its bytes are written
-    /// under `incoming/` (see `staging`), neither durable nor found by [`Store::has`] until a
-    /// [`Store::commit_staged`] names them. Returns whether there is anything to commit (false:
-    /// the chunk is held already).
+    /// Stage a chunk received from elsewhere, checked against `id` first: its bytes are appended
+    /// to a pack (see [`packs`]), neither durable nor found by [`Store::has`] until a
+    /// [`Store::commit_staged`] syncs and indexes them. Returns whether there is anything to
+    /// commit (false: the chunk is held already).
     pub fn stage(&self, id: &ChunkId, bytes: &[u8]) -> Result<bool> {
         if bytes.len() > limits::MAX_CHUNK {
             return Err(Error::ChunkTooLarge { len: bytes.len(), limit: limits::MAX_CHUNK });
@@ -288,34 +327,73 @@ impl Store {
         if self.has(id) {
             return Ok(false);
         }
-        self.staging.write(id, bytes)?;
+        self.packs.append(id, bytes)?;
         Ok(true)
     }
 
-    /// Adopt the chunks a process that died had staged and not yet committed: those whose bytes
-    /// match their names are synced, named and indexed, the others deleted (see `staging`). A
-    /// node does this when it starts, before it looks at what it lacks. Returns how many.
+    /// Adopt the chunks a process that died had staged and not yet committed: pack records
+    /// past each pack's synced length whose bytes match their ids are synced and indexed, and a
+    /// torn last record is cut off (see [`packs`]); staged files an earlier version left under
+    /// `incoming/` are adopted the same way (see `staging`). A node does this when it starts,
+    /// before it looks at what it lacks and before it stages anything. Returns how many.
     pub fn adopt_staged(&self) -> Result<usize> {
         let adopted = self.staging.adopt(&self.files)?;
         for (id, len) in &adopted {
             self.index_chunk(id, *len);
         }
-        Ok(adopted.len())
+        let mut n = adopted.len();
+        for pack in self.packs.list()? {
+            let path = self.packs.path(pack);
+            let from = self.synced_len(pack);
+            let size = std::fs::metadata(&path).map_err(Error::io("stat", &path))?.len();
+            if from >= size {
+                continue;
+            }
+            let (records, end) = packs::records(&path, pack, from).map_err(Error::io("read", &path))?;
+            if end < size {
+                tracing::warn!(pack = %path.display(), at = end, "cutting off a record torn by a crash");
+                self.packs.truncate(pack, end)?;
+            }
+            let found: Vec<(ChunkId, Loc)> = records
+                .into_iter()
+                .filter(|r| r.id.matches(&r.bytes))
+                .map(|r| (r.id, Loc { pack, offset: r.offset, len: r.bytes.len() as u32 }))
+                .collect();
+            std::fs::File::open(&path).and_then(|f| f.sync_data()).map_err(Error::io("fdatasync", &path))?;
+            for (id, loc) in &found {
+                if !self.has(id) {
+                    self.index_packed(id, *loc);
+                    n += 1;
+                }
+            }
+            let _ = self.pack_index.insert(pack.to_be_bytes(), &end.to_le_bytes());
+        }
+        if n > adopted.len() {
+            tracing::info!(chunks = n - adopted.len(), "adopted chunks received before a crash");
+        }
+        Ok(n)
     }
 
-    /// Make every chunk staged so far durable with one file-system sync, then name and index
-    /// `staged` (chunks staged before this call, with their lengths). Fails as a whole when the
-    /// sync fails (nothing is named); otherwise one result per chunk.
-    pub fn commit_staged(&self, staged: &[(ChunkId, usize)]) -> Result<Vec<Result<()>>> {
-        self.files.sync()?;
-        Ok(staged
-            .iter()
-            .map(|(id, len)| {
-                self.staging.name(&self.files, id)?;
-                self.index_chunk(id, *len);
-                Ok(())
-            })
-            .collect())
+    /// The length up to which a pack's records were synced and indexed.
+    fn synced_len(&self, pack: u32) -> u64 {
+        match self.pack_index.get(pack.to_be_bytes()) {
+            Ok(Some(v)) => v.as_ref().try_into().map(u64::from_le_bytes).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Make every chunk staged so far durable (one `fdatasync` per pack written), then index
+    /// them; returns one result per chunk of `staged` (chunks staged before this call). Fails
+    /// as a whole when the sync fails (nothing is indexed; the chunks stay staged).
+    pub fn commit_staged(&self, staged: &[ChunkId]) -> Result<Vec<Result<()>>> {
+        let (synced, lengths) = self.packs.sync()?;
+        for (id, loc) in &synced {
+            self.index_packed(id, *loc);
+        }
+        for (pack, len) in lengths {
+            let _ = self.pack_index.insert(pack.to_be_bytes(), &len.to_le_bytes());
+        }
+        Ok(staged.iter().map(|id| if synced.contains_key(id) || self.has(id) { Ok(()) } else { Err(Error::Missing { id: *id }) }).collect())
     }
 
     /// Store bytes whose id the caller just computed; returns whether the chunk was new.
@@ -343,9 +421,27 @@ impl Store {
         }
     }
 
+    /// Record a packed chunk in the index; when the index refuses (a full disk), remember it
+    /// in memory until the next start adopts it from its pack.
+    fn index_packed(&self, id: &ChunkId, loc: Loc) {
+        if let Err(e) = self.chunk_index.insert(id.as_bytes(), &loc.encode()) {
+            lock(&self.unindexed).insert(*id, loc);
+            if !self.index_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(error = %e, "the index refuses writes; chunks are still stored and found until the next start");
+            }
+        }
+    }
+
     /// Read a chunk, verified. A damaged chunk is quarantined, forgotten, and reported absent so
     /// it is fetched again; it is never returned.
     pub fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let packed = match self.chunk_index.get(id.as_bytes())? {
+            Some(v) => Loc::decode(&v),
+            None => lock(&self.unindexed).get(id).copied(),
+        };
+        if let Some(loc) = packed {
+            return self.get_packed(id, &loc);
+        }
         match self.files.read(id)? {
             ChunkRead::Ok(b) => {
                 if !matches!(self.chunk_index.contains_key(id.as_bytes()), Ok(true)) {
@@ -360,15 +456,30 @@ impl Store {
         }
     }
 
-    /// Forget and delete a chunk.
+    /// Read a packed chunk, verified; a damaged one is forgotten (its bytes stay in the pack,
+    /// unreferenced) and reported absent so it is fetched again.
+    fn get_packed(&self, id: &ChunkId, loc: &Loc) -> Result<Option<Vec<u8>>> {
+        let why = match self.packs.read(loc) {
+            Ok(b) if id.matches(&b) => return Ok(Some(b)),
+            Ok(_) => "its bytes do not match its name".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(chunk = %id, pack = %self.packs.path(loc.pack).display(), offset = loc.offset, reason = %why, "packed chunk does not match its name; forgotten, will not be served");
+        lock(&self.unindexed).remove(id);
+        self.chunk_index.remove(id.as_bytes())?;
+        Ok(None)
+    }
+
+    /// Forget and delete a chunk (a packed chunk's bytes stay in its pack, unreferenced).
     pub fn remove(&self, id: &ChunkId) -> Result<()> {
+        lock(&self.unindexed).remove(id);
         self.chunk_index.remove(id.as_bytes())?;
         self.files.remove(id)
     }
 
     /// Number of chunks in the index.
     pub fn chunk_count(&self) -> usize {
-        self.chunk_index.len()
+        self.chunk_index.len() + lock(&self.unindexed).len()
     }
 
     /// Path of a chunk's file (for tools and tests that inspect the store).
@@ -449,3 +560,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -213,33 +213,143 @@ fn staged_chunks_are_found_only_once_committed() {
     assert!(s.stage(&id, &bytes).expect("stage"));
     assert!(s.stage(&id, &bytes).expect("stage twice"), "a second copy before the commit is still to commit");
     assert!(!s.has(&id), "a staged chunk is not held before its sync");
-    let r = s.commit_staged(&[(id, bytes.len()), (id, bytes.len())]).expect("commit");
+    let r = s.commit_staged(&[id, id]).expect("commit");
     assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
     assert!(s.has(&id));
     assert_eq!(s.get(&id).expect("get").as_deref(), Some(&bytes[..]));
     assert!(!s.stage(&id, &bytes).expect("stage held"), "a held chunk is not staged again");
+    let records = packs::all_records(s.root()).expect("records");
+    assert_eq!(records.len(), 1, "the second copy was appended too");
+    assert_eq!(s.chunk_count(), 1);
+}
+
+/// The packs' bytes past the last record's end, for tearing: (path, length).
+fn last_pack(root: &Path) -> (PathBuf, u64) {
+    let mut packs: Vec<PathBuf> = std::fs::read_dir(root.join("packs")).expect("packs").flatten().map(|e| e.path()).collect();
+    packs.sort();
+    let p = packs.pop().expect("a pack");
+    let len = std::fs::metadata(&p).expect("stat").len();
+    (p, len)
 }
 
 #[test]
-fn chunks_staged_before_a_crash_are_adopted_if_whole() {
+fn chunks_staged_before_a_crash_are_adopted_and_a_torn_record_cut_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committed = pseudo_random(40_000, 10);
+    let whole = pseudo_random(50_000, 8);
+    let torn = pseudo_random(50_000, 9);
+    let pack_len_before_torn = {
+        let (s, _) = Store::open(dir.path()).expect("open");
+        assert!(s.stage(&ChunkId::of(&committed), &committed).expect("stage"));
+        s.commit_staged(&[ChunkId::of(&committed)]).expect("commit");
+        assert!(s.stage(&ChunkId::of(&whole), &whole).expect("stage"));
+        let len = last_pack(dir.path()).1;
+        assert!(s.stage(&ChunkId::of(&torn), &torn).expect("stage"));
+        s.flush().expect("flush");
+        len
+        // The process dies before the commit; a power cut tears the last record.
+    };
+    let (pack, len) = last_pack(dir.path());
+    std::fs::OpenOptions::new().write(true).open(&pack).expect("open pack").set_len(len - 1000).expect("tear");
+    let (s, report) = Store::open(dir.path()).expect("reopen");
+    assert!(!report.rebuilt);
+    assert!(s.has(&ChunkId::of(&committed)));
+    assert!(!s.has(&ChunkId::of(&whole)), "staged, not yet adopted");
+    assert_eq!(s.adopt_staged().expect("adopt"), 1);
+    assert_eq!(s.get(&ChunkId::of(&whole)).expect("get").as_deref(), Some(&whole[..]));
+    assert!(!s.has(&ChunkId::of(&torn)));
+    assert_eq!(last_pack(dir.path()).1, pack_len_before_torn, "the torn record is cut off");
+    // What is staged next goes to a new pack and is found after its commit.
+    assert!(s.stage(&ChunkId::of(&torn), &torn).expect("stage again"));
+    s.commit_staged(&[ChunkId::of(&torn)]).expect("commit");
+    assert_eq!(s.get(&ChunkId::of(&torn)).expect("get").as_deref(), Some(&torn[..]));
+    assert_eq!(s.adopt_staged().expect("adopt again"), 0, "nothing is adopted twice");
+}
+
+#[test]
+fn files_an_earlier_version_staged_are_adopted_if_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
     let whole = pseudo_random(50_000, 8);
     let torn = pseudo_random(50_000, 9);
-    {
-        let (s, _) = Store::open(dir.path()).expect("open");
-        assert!(s.stage(&ChunkId::of(&whole), &whole).expect("stage"));
-        assert!(s.stage(&ChunkId::of(&torn), &torn).expect("stage"));
-        // The process dies before the commit; a power cut tore one staged file.
-    }
-    let torn_path = dir.path().join("incoming").join(ChunkId::of(&torn).to_hex().as_str());
+    drop(Store::open(dir.path()).expect("open"));
+    let incoming = dir.path().join("incoming");
+    std::fs::write(incoming.join(ChunkId::of(&whole).to_hex().as_str()), &whole).expect("write");
+    let torn_path = incoming.join(ChunkId::of(&torn).to_hex().as_str());
     std::fs::write(&torn_path, &torn[..1000]).expect("tear");
     let (s, _) = Store::open(dir.path()).expect("reopen");
-    assert!(!s.has(&ChunkId::of(&whole)), "staged, not yet adopted");
     assert_eq!(s.adopt_staged().expect("adopt"), 1);
-    assert!(s.has(&ChunkId::of(&whole)));
     assert_eq!(s.get(&ChunkId::of(&whole)).expect("get").as_deref(), Some(&whole[..]));
     assert!(!s.has(&ChunkId::of(&torn)));
     assert!(!torn_path.exists(), "a torn staged file is deleted");
+}
+
+#[test]
+fn a_damaged_packed_chunk_is_forgotten_never_returned() {
+    let (dir, s) = store();
+    let a = pseudo_random(30_000, 11);
+    let b = pseudo_random(30_000, 12);
+    for x in [&a, &b] {
+        assert!(s.stage(&ChunkId::of(x), x).expect("stage"));
+    }
+    s.commit_staged(&[ChunkId::of(&a), ChunkId::of(&b)]).expect("commit");
+    // Flip one byte of `a`'s bytes in the pack, as a failing disk would.
+    let rec = packs::all_records(dir.path()).expect("records").into_iter().find(|r| r.id == ChunkId::of(&a)).expect("record of a");
+    let (pack, _) = last_pack(dir.path());
+    let f = std::fs::OpenOptions::new().write(true).open(&pack).expect("open pack");
+    std::os::unix::fs::FileExt::write_all_at(&f, &[a[5] ^ 1], rec.offset + 5).expect("flip");
+    assert_eq!(s.get(&ChunkId::of(&a)).expect("get"), None, "damaged bytes were returned");
+    assert!(!s.has(&ChunkId::of(&a)), "a damaged chunk is forgotten, so it is fetched again");
+    assert_eq!(s.get(&ChunkId::of(&b)).expect("get").as_deref(), Some(&b[..]), "its neighbour is untouched");
+}
+
+#[test]
+fn missing_index_is_rebuilt_from_packs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chunks: Vec<Vec<u8>> = (0..20).map(|i| pseudo_random(10_000 + i * 100, 20 + i as u64)).collect();
+    {
+        let (s, _) = Store::open(dir.path()).expect("open");
+        for c in &chunks {
+            assert!(s.stage(&ChunkId::of(c), c).expect("stage"));
+        }
+        s.commit_staged(&chunks.iter().map(|c| ChunkId::of(c)).collect::<Vec<_>>()).expect("commit");
+        s.flush().expect("flush");
+    }
+    // One record damaged in place: dropped by the rebuild, the others kept.
+    let rec = packs::all_records(dir.path()).expect("records").into_iter().nth(3).expect("record");
+    let (pack, _) = last_pack(dir.path());
+    let f = std::fs::OpenOptions::new().write(true).open(&pack).expect("open pack");
+    std::os::unix::fs::FileExt::write_all_at(&f, b"X", rec.offset).expect("damage");
+    std::fs::remove_dir_all(dir.path().join("index")).expect("rm index");
+    let (s, report) = Store::open(dir.path()).expect("reopen");
+    assert!(report.rebuilt);
+    assert_eq!((report.chunks_kept, report.chunks_dropped), (19, 1));
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(s.has(&ChunkId::of(c)), i != 3, "chunk {i}");
+    }
+    assert_eq!(s.get(&ChunkId::of(&chunks[7])).expect("get").as_deref(), Some(&chunks[7][..]));
+    assert_eq!(s.adopt_staged().expect("adopt"), 0, "a rebuilt index marks every pack as read");
+}
+
+#[test]
+fn a_hostile_pack_file_is_read_without_harm() {
+    // Headers that claim huge lengths, wrong magic, or run past the end: the walk stops there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Store::open(dir.path()).expect("open"));
+    let good = pseudo_random(5_000, 30);
+    let mut pack = Vec::new();
+    pack.extend_from_slice(b"LHC1");
+    pack.extend_from_slice(&(good.len() as u32).to_le_bytes());
+    pack.extend_from_slice(ChunkId::of(&good).as_bytes());
+    pack.extend_from_slice(&good);
+    pack.extend_from_slice(b"LHC1");
+    pack.extend_from_slice(&u32::MAX.to_le_bytes());
+    pack.extend_from_slice(&[7u8; 32]);
+    pack.extend_from_slice(&[0u8; 100]);
+    std::fs::write(dir.path().join("packs/00000001.pack"), &pack).expect("write");
+    let (s, _) = Store::open(dir.path()).expect("open");
+    assert_eq!(s.adopt_staged().expect("adopt"), 1);
+    assert_eq!(s.get(&ChunkId::of(&good)).expect("get").as_deref(), Some(&good[..]));
+    assert_eq!(std::fs::metadata(dir.path().join("packs/00000001.pack")).expect("stat").len(), (packs::HEADER + good.len()) as u64);
 }
 
 #[test]

@@ -243,17 +243,36 @@ impl Cluster {
     }
 }
 
-/// Names of the complete chunk files under a node's store (temp files excluded).
-pub(crate) fn chunk_files(home: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+/// Every chunk a node's store holds on disk, by the name it is stored under (its hex id),
+/// with its bytes as they are on disk (not verified: that is for the caller): chunk files
+/// (temp files excluded) and the records of its pack files, where a device keeps what it
+/// received (store/src/packs.rs), the newest possibly not yet synced.
+pub(crate) fn stored_chunks(home: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
     for sub in std::fs::read_dir(home.join("data/chunks")).into_iter().flatten().flatten() {
         for f in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
-            if !f.file_name().to_string_lossy().starts_with('.') {
-                out.push(f.path());
+            let name = f.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                out.insert(name, std::fs::read(f.path()).expect("chunk file"));
             }
         }
     }
+    for r in layerhop_store::packs::all_records(&home.join("data")).expect("pack records") {
+        out.insert(r.id.to_hex(), r.bytes);
+    }
     out
+}
+
+/// How many chunks a node's store holds on disk (chunk files and pack records), without
+/// reading their bytes: cheap enough to poll while the node runs.
+pub(crate) fn stored_count(home: &Path) -> usize {
+    let files: usize = std::fs::read_dir(home.join("data/chunks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|sub| std::fs::read_dir(sub.path()).into_iter().flatten().flatten().filter(|f| !f.file_name().to_string_lossy().starts_with('.')).count())
+        .sum();
+    files + layerhop_store::packs::record_ids(&home.join("data")).expect("pack records").len()
 }
 
 /// SHA-256 of a file, hex.

@@ -1,7 +1,7 @@
 //! Issue 2: a device refuses a tampered, replayed or expired release, and a corrupted chunk in
 //! the seed's store is never served.
 
-use crate::harness::{Cluster, Node, cli, wait_for};
+use crate::harness::{Cluster, Node, cli, stored_chunks, wait_for};
 use layerhop_protocol::{PublisherKey, SignedRelease};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -106,12 +106,9 @@ fn corrupted_chunk_in_seed_store_is_not_served() {
     let s = d.status().expect("status");
     let r = s["releases"].as_array().expect("releases").iter().find(|r| r["version"] == v).cloned().expect("release known");
     assert_eq!(r["complete"], false, "device completed from corrupted chunks: {s}");
-    // Nothing damaged reached the device's store: every chunk file there matches its name.
-    for sub in std::fs::read_dir(d.home.join("data/chunks")).expect("chunks").flatten() {
-        for f in std::fs::read_dir(sub.path()).expect("sub").flatten() {
-            let b = std::fs::read(f.path()).expect("read");
-            assert_eq!(blake3::hash(&b).to_hex().as_str(), f.file_name().to_string_lossy(), "device stored a bad chunk");
-        }
+    // Nothing damaged reached the device's store: every chunk there matches its name.
+    for (name, b) in stored_chunks(&d.home) {
+        assert_eq!(blake3::hash(&b).to_hex().as_str(), name, "device stored a bad chunk");
     }
     // Publishing the same bytes again repairs the seed; the device then completes.
     let v2 = c.publish("models", &[&model_dir(&c, "r1", &payload)]);

@@ -2,7 +2,7 @@
 //! does not stall the others.
 
 use crate::harness::noise;
-use crate::harness::{Cluster, Node, wait_for};
+use crate::harness::{Cluster, Node, stored_chunks, wait_for};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,14 +21,11 @@ fn model_dir(c: &Cluster, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
 /// release: the bytes a site that held nothing must receive at least once.
 fn new_bytes(device: &Node, release_file: &Path) -> u64 {
     let mut total = std::fs::metadata(release_file).expect("release file").len();
-    for sub in std::fs::read_dir(device.home.join("data/chunks")).expect("chunks").flatten() {
-        for f in std::fs::read_dir(sub.path()).expect("sub").flatten() {
-            let bytes = std::fs::read(f.path()).expect("chunk");
-            total += match layerhop_node::codec::compress(bytes) {
-                layerhop_protocol::wire::ChunkReply::Raw(b) | layerhop_protocol::wire::ChunkReply::Zstd(b) => b.len() as u64,
-                layerhop_protocol::wire::ChunkReply::Missing => 0,
-            };
-        }
+    for bytes in stored_chunks(&device.home).into_values() {
+        total += match layerhop_node::codec::compress(bytes) {
+            layerhop_protocol::wire::ChunkReply::Raw(b) | layerhop_protocol::wire::ChunkReply::Zstd(b) => b.len() as u64,
+            layerhop_protocol::wire::ChunkReply::Missing => 0,
+        };
     }
     total
 }
@@ -89,7 +86,5 @@ fn a_device_killed_mid_download_does_not_stall_the_others() {
 }
 
 fn count_chunks(home: &Path) -> u64 {
-    std::fs::read_dir(home.join("data/chunks"))
-        .map(|subs| subs.flatten().map(|s| std::fs::read_dir(s.path()).map(|f| f.count() as u64).unwrap_or(0)).sum())
-        .unwrap_or(0)
+    stored_chunks(home).len() as u64
 }

@@ -11,7 +11,7 @@
 //! can reach only the first (the seed is stopped) completes from it, byte-exact, striking
 //! nobody.
 
-use crate::harness::{Cluster, Node, chunk_files, cli_ok, noise, wait_for};
+use crate::harness::{Cluster, Node, cli_ok, noise, stored_chunks, wait_for};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use layerhop_protocol::limits::{MAX_CHUNK, MAX_REQUEST, MAX_RESPONSE};
 use layerhop_protocol::token::{Credential, JoinToken};
@@ -354,14 +354,13 @@ fn export_matches(n: &Node, out: &Path, src: &Path) {
     }
 }
 
-/// Every chunk file a node holds matches its name: nothing unverified was stored.
+/// Every chunk a node holds matches its name: nothing unverified was stored.
 fn store_verifies(n: &Node) -> usize {
-    let files = chunk_files(&n.home);
-    for p in &files {
-        let name = p.file_name().expect("name").to_string_lossy().into_owned();
-        assert_eq!(blake3::hash(&std::fs::read(p).expect("chunk")).to_hex().as_str(), name, "{} does not match its name", p.display());
+    let chunks = stored_chunks(&n.home);
+    for (name, bytes) in &chunks {
+        assert_eq!(blake3::hash(bytes).to_hex().as_str(), name, "stored chunk {name} does not match its name");
     }
-    files.len()
+    chunks.len()
 }
 
 /// The reasons of the faults the device logged (struck, banned, or a stall of an episode

@@ -6,7 +6,7 @@
 //! The kill points come from a seeded generator; the seed is printed, and
 //! `LAYERHOP_CRASH_SEED=N` replays a run.
 
-use crate::harness::{Cluster, Node, binary, chunk_files, cli_ok};
+use crate::harness::{Cluster, Node, binary, cli_ok, stored_chunks, stored_count};
 use layerhop_protocol::limits::MAX_IDS_PER_REQUEST;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -23,9 +23,9 @@ const PARALLEL: usize = 1;
 /// Chunks the device's writer stores per batch (node/src/writer.rs).
 const WRITER_BATCH: usize = 64;
 
-/// Chunks the device has received so far: named in its store, or staged and not yet named.
+/// Chunks the device has received so far: appended to its packs, synced or not yet.
 fn received(home: &std::path::Path) -> usize {
-    chunk_files(home).len() + std::fs::read_dir(home.join("data/incoming")).map_or(0, |d| d.count())
+    stored_count(home)
 }
 
 /// xorshift64*: reproducible kill points without a dependency.
@@ -76,18 +76,18 @@ fn fifty_kills_while_fetching_never_refetch_verified_chunks() {
     let mut d = c.enroll("yard-1", "device");
     d.set_config("parallel_requests", &PARALLEL.to_string());
     let egress_before = c.seed.traffic("metered_out");
-    let mut verified: HashSet<std::path::PathBuf> = HashSet::new();
+    let mut verified: HashSet<String> = HashSet::new();
     let (mut time_kills, mut progress_kills) = (0, 0);
     let started = Instant::now();
     for run in 0..KILLS {
-        let held = chunk_files(&d.home).len();
+        let held = stored_count(&d.home);
         let mut child = spawn(&d);
         // A kill point: a random instant after the process starts (often before it reaches
         // the seed), or once a random number of new chunks has landed (mid-batch,
         // mid-response). Polled every millisecond: on loopback a batch lands in a few.
-        // Chunks are counted as they arrive (staged under `incoming/`), not as they are named:
-        // a node names what it staged once per file-system sync, and while a sync is slow (a
-        // busy disk) it goes on receiving, so named files can jump by hundreds at once. A kill
+        // Chunks are counted as they arrive (appended to a pack), not as they are indexed: a
+        // node indexes what it staged once per sync, and while a sync is slow (a busy disk) it
+        // goes on receiving, so indexed chunks can jump by hundreds at once. A kill
         // at a random instant still comes no later than a writer batch of progress: on a fast
         // machine 150 ms is hundreds of chunks, and 50 kills would not span the release.
         let got = received(&d.home);
@@ -104,22 +104,21 @@ fn fifty_kills_while_fetching_never_refetch_verified_chunks() {
         }
         child.kill().expect("kill -9");
         child.wait().expect("reap");
-        // What the kill left: every chunk file is whole and matches its name.
-        let now = chunk_files(&d.home);
-        for p in &now {
-            if verified.insert(p.clone()) {
-                let bytes = std::fs::read(p).expect("chunk");
-                let name = p.file_name().expect("name").to_string_lossy().into_owned();
-                assert_eq!(blake3::hash(&bytes).to_hex().as_str(), name, "run {run}: chunk file {} does not match its name", p.display());
+        // What the kill left: every whole pack record matches its id (a torn last record is
+        // not whole; the next start cuts it off).
+        let now = stored_chunks(&d.home);
+        for (name, bytes) in &now {
+            if verified.insert(name.clone()) {
+                assert_eq!(blake3::hash(bytes).to_hex().as_str(), name, "run {run}: stored chunk {name} does not match its id");
             }
         }
         println!("run {run:2}: held {held:3} chunks at start, {:3} at kill", now.len());
     }
-    let held_before = chunk_files(&d.home).len();
+    let held_before = stored_count(&d.home);
     d.start();
     let s = d.wait_complete("crash", v, Duration::from_secs(120));
     let final_fetched = s["chunks_from_seed"].as_u64().expect("count") as usize;
-    let total_chunks = chunk_files(&d.home).len();
+    let total_chunks = stored_count(&d.home);
     assert!(held_before < total_chunks, "the device finished before the last kill; the loop did not kill it while fetching");
     let egress = c.seed.traffic("metered_out") - egress_before;
     let loop_secs = started.elapsed().as_secs_f64();

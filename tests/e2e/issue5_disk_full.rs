@@ -6,7 +6,7 @@
 //! grown with `mount -o remount,size=…` while the node runs.
 
 use crate::harness::noise;
-use crate::harness::{Cluster, cli_ok, wait_for};
+use crate::harness::{Cluster, cli_ok, stored_chunks, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -91,20 +91,13 @@ fn disk_full_while_fetching_is_reported_and_completes_when_space_returns() {
     println!("seed egress: {} bytes before the error was reported, {egress_held} bytes in the next 8 s of full disk", egress_full - egress_start);
     assert!(egress_held < 4 << 20, "the device kept fetching {egress_held} bytes while its disk was full");
 
-    // Nothing corrupt: every chunk file on disk is whole and matches its name.
+    // Nothing corrupt: every chunk on disk (chunk files, whole pack records) matches its name.
     let mut held = 0;
-    for sub in std::fs::read_dir(d.home.join("data/chunks")).expect("chunks").flatten() {
-        for f in std::fs::read_dir(sub.path()).expect("sub").flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            let bytes = std::fs::read(f.path()).expect("chunk");
-            assert_eq!(blake3::hash(&bytes).to_hex().as_str(), name, "corrupt chunk file {}", f.path().display());
-            held += 1;
-        }
+    for (name, bytes) in stored_chunks(&d.home) {
+        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), name, "corrupt stored chunk {name}");
+        held += 1;
     }
-    println!("{held} chunk files on the full disk, all verified");
+    println!("{held} chunks stored on the full disk, all verified");
 
     // Space returns: the running node completes by itself.
     fs.resize("128m");

@@ -221,6 +221,26 @@ cloud_forwarded() {
 
 # ---------------------------------------------------------------- nodes
 
+# Chunks a store holds and their bytes, "N BYTES": chunk files, and the records of its pack
+# files (store/src/packs.rs: "LHC1", length as u32 LE, 32-byte id, the bytes), where a device
+# keeps what it received. A chunk appended twice (rare) counts twice here.
+store_chunks() { # data-dir
+    local data=$1 n bytes f size at len
+    n=$(find "$data/chunks" -type f ! -name '.*' | wc -l)
+    bytes=$(find "$data/chunks" -type f ! -name '.*' -printf '%s\n' | awk '{t += $1} END {print t + 0}')
+    for f in "$data"/packs/*.pack; do
+        [[ -f $f ]] || continue
+        size=$(stat -c %s "$f"); at=0
+        while ((at + 40 <= size)); do
+            [[ $(dd if="$f" iflag=skip_bytes skip="$at" bs=4 count=1 status=none) == LHC1 ]] || break
+            len=$(od -An -t u4 -j $((at + 4)) -N 4 "$f" | tr -d ' ')
+            ((at + 40 + len <= size)) || break
+            n=$((n + 1)); bytes=$((bytes + len)); at=$((at + 40 + len))
+        done
+    done
+    echo "$n $bytes"
+}
+
 start_node() { # ns home
     local ns=$1 home=$2
     ip netns exec "$ns" env RUST_LOG="${TESTBED_RUST_LOG:-info}" NO_COLOR=1 "$BIN" run --home "$home" </dev/null >/dev/null 2>>"$home/node.log" &
@@ -538,8 +558,7 @@ cmd_run() {
         done
         chunks=0; chunk_bytes=0
         if [[ -n "$complete_home" ]]; then
-            chunks=$(find "$complete_home/data/chunks" -type f | wc -l)
-            chunk_bytes=$(find "$complete_home/data/chunks" -type f -printf '%s\n' | awk '{t += $1} END {print t + 0}')
+            read -r chunks chunk_bytes < <(store_chunks "$complete_home/data")
         fi
         jq -n -c --argjson s "$s" --argjson sharing "${SHARING[s]}" --argjson n "$DEVICES" \
             --arg up0 "${UP0[s]}" --arg up1 "$up1" --argjson chunks "$chunks" --argjson chunk_bytes "$chunk_bytes" \
