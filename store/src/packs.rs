@@ -78,6 +78,9 @@ struct Appender {
     dirty: HashMap<u32, u64>,
 }
 
+/// What a sync made durable: the chunks with their places, and each synced pack's length.
+pub(crate) type Synced = (HashMap<ChunkId, Loc>, Vec<(u32, u64)>);
+
 /// The `packs/` directory.
 pub(crate) struct Packs {
     dir: PathBuf,
@@ -147,7 +150,7 @@ impl Packs {
     /// Make every pending chunk durable (`fdatasync` of each pack written since the last
     /// sync); returns them with their places, and each synced pack with its length. On
     /// failure nothing is returned and the chunks stay pending.
-    pub(crate) fn sync(&self) -> Result<(HashMap<ChunkId, Loc>, Vec<(u32, u64)>)> {
+    pub(crate) fn sync(&self) -> Result<Synced> {
         let (files, dirty, pending) = {
             let mut a = lock(&self.appender);
             let dirty: Vec<(u32, u64)> = a.dirty.drain().collect();
