@@ -110,6 +110,7 @@ impl EventLoop {
             }
             let key = f.key();
             let known_since = f.started;
+            let holders = if sharing { self.site.holders_of(&key) } else { Vec::new() };
             let mut busy_skips = 0;
             for id in f.ready.values() {
                 if seed_room == 0 && members_with_room == 0 {
@@ -117,11 +118,11 @@ impl EventLoop {
                 }
                 let Some(w) = f.wants.get_mut(id) else { continue };
                 if sharing {
-                    let best = self
-                        .site
-                        .holders(&key, id)
-                        .filter(|(p, _)| !w.tried.contains(p))
-                        .map(|(p, m)| (*p, m.in_flight * MAX_IDS_PER_REQUEST + peer_batches.get(p).map_or(0, Vec::len)))
+                    let s = short_id(id);
+                    let best = holders
+                        .iter()
+                        .filter(|h| h.have.holds(&s) && !w.tried.contains(&h.peer))
+                        .map(|h| (h.peer, h.in_flight * MAX_IDS_PER_REQUEST + peer_batches.get(&h.peer).map_or(0, Vec::len)))
                         .min_by_key(|(_, load)| *load);
                     match best {
                         Some((p, load)) if load < full => {

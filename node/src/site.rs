@@ -55,6 +55,23 @@ pub struct PeerHave {
     pub claims: HashSet<ShortId>,
 }
 
+impl PeerHave {
+    /// Whether it holds the chunk.
+    pub fn holds(&self, s: &ShortId) -> bool {
+        self.complete || self.ids.contains(s)
+    }
+}
+
+/// A live member that says what it holds of a release.
+pub struct Holder<'a> {
+    /// The member.
+    pub peer: PeerId,
+    /// What it holds of the release.
+    pub have: &'a PeerHave,
+    /// Chunk requests in flight to it.
+    pub in_flight: usize,
+}
+
 /// One LAN peer of the same site.
 #[derive(Debug)]
 pub struct Member {
@@ -313,12 +330,22 @@ impl Site {
     }
 
     /// Live members holding `id` of `release`.
-    pub fn holders<'a>(&'a self, release: &'a ReleaseKey, id: &ChunkId) -> impl Iterator<Item = (&'a PeerId, &'a Member)> + 'a {
+    #[cfg(test)]
+    pub fn holders<'a>(&'a self, release: &'a ReleaseKey, id: &ChunkId) -> impl Iterator<Item = Holder<'a>> + 'a {
         let s = short_id(id);
+        self.holders_of(release).into_iter().filter(move |h| h.have.holds(&s))
+    }
+
+    /// The live members that say what they hold of `release`, looked up once per pump: the
+    /// pump asks which of them hold each of up to ~16,000 wanted chunks per GiB, and asking
+    /// per chunk which live members hold it read the clock and hashed the release's key every time.
+    pub fn holders_of<'a>(&'a self, release: &ReleaseKey) -> Vec<Holder<'a>> {
         let now = Instant::now();
-        self.members.iter().filter(move |(_, m)| {
-            self.alive(m, now) && m.haves.get(release).is_some_and(|h| h.complete || h.ids.contains(&s))
-        })
+        self.members
+            .iter()
+            .filter(|(_, m)| self.alive(m, now))
+            .filter_map(|(p, m)| Some(Holder { peer: *p, have: m.haves.get(release)?, in_flight: m.in_flight }))
+            .collect()
     }
 
     /// Whether a live member is fetching `id` from the seed now.
