@@ -335,7 +335,8 @@ impl Store {
     /// past each pack's synced length whose bytes match their ids are synced and indexed, and a
     /// torn last record is cut off (see [`packs`]); staged files an earlier version left under
     /// `incoming/` are adopted the same way (see `staging`). A node does this when it starts,
-    /// before it looks at what it lacks and before it stages anything. Returns how many.
+    /// before it looks at what it lacks; a pack this process appends to is left alone (what it
+    /// holds past its synced length is staged, not left by a crash). Returns how many.
     pub fn adopt_staged(&self) -> Result<usize> {
         let adopted = self.staging.adopt(&self.files)?;
         for (id, len) in &adopted {
@@ -343,6 +344,9 @@ impl Store {
         }
         let mut n = adopted.len();
         for pack in self.packs.list()? {
+            if self.packs.in_use(pack) {
+                continue;
+            }
             let path = self.packs.path(pack);
             let from = self.synced_len(pack);
             let size = std::fs::metadata(&path).map_err(Error::io("stat", &path))?.len();

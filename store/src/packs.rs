@@ -176,6 +176,13 @@ impl Packs {
         Ok((pending, dirty))
     }
 
+    /// Whether this process appends to the pack, or has appended to it since the last sync:
+    /// its records past the synced length are staged, not left by a crash.
+    pub(crate) fn in_use(&self, pack: u32) -> bool {
+        let a = lock(&self.appender);
+        a.current.as_ref().is_some_and(|(n, _, _)| *n == pack) || a.dirty.contains_key(&pack)
+    }
+
     /// Read a chunk's bytes (not verified: the caller checks them against the id).
     pub(crate) fn read(&self, loc: &Loc) -> std::io::Result<Vec<u8>> {
         if loc.len as usize > limits::MAX_CHUNK {

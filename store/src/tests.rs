@@ -213,6 +213,8 @@ fn staged_chunks_are_found_only_once_committed() {
     assert!(s.stage(&id, &bytes).expect("stage"));
     assert!(s.stage(&id, &bytes).expect("stage twice"), "a second copy before the commit is still to commit");
     assert!(!s.has(&id), "a staged chunk is not held before its sync");
+    assert_eq!(s.adopt_staged().expect("adopt"), 0, "a chunk this process staged is not a crash's leftover");
+    assert!(!s.has(&id), "adopting found a chunk before its sync");
     let r = s.commit_staged(&[id, id]).expect("commit");
     assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
     assert!(s.has(&id));
