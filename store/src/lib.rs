@@ -358,11 +358,15 @@ impl Store {
                 tracing::warn!(pack = %path.display(), at = end, "cutting off a record torn by a crash");
                 self.packs.truncate(pack, end)?;
             }
+            let whole = records.len();
             let found: Vec<(ChunkId, Loc)> = records
                 .into_iter()
                 .filter(|r| r.id.matches(&r.bytes))
                 .map(|r| (r.id, Loc { pack, offset: r.offset, len: r.bytes.len() as u32 }))
                 .collect();
+            if found.len() < whole {
+                tracing::warn!(pack = %path.display(), records = whole - found.len(), "staged records whose bytes do not match their ids (a power cut); they will be fetched again");
+            }
             std::fs::File::open(&path).and_then(|f| f.sync_data()).map_err(Error::io("fdatasync", &path))?;
             for (id, loc) in &found {
                 if !self.has(id) {
@@ -460,13 +464,18 @@ impl Store {
         }
     }
 
-    /// Read a packed chunk, verified; a damaged one is forgotten (its bytes stay in the pack,
-    /// unreferenced) and reported absent so it is fetched again.
+    /// Read a packed chunk, verified; a damaged one (bytes that do not match, a pack cut short
+    /// or gone) is forgotten (what is left of it stays in the pack, unreferenced) and reported
+    /// absent so it is fetched again. Any other read error is returned: it says nothing about
+    /// the bytes (a process out of file descriptors), and forgetting a good chunk would cost
+    /// fetching it again.
     fn get_packed(&self, id: &ChunkId, loc: &Loc) -> Result<Option<Vec<u8>>> {
+        use std::io::ErrorKind::{InvalidData, NotFound, UnexpectedEof};
         let why = match self.packs.read(loc) {
             Ok(b) if id.matches(&b) => return Ok(Some(b)),
             Ok(_) => "its bytes do not match its name".to_owned(),
-            Err(e) => e.to_string(),
+            Err(e) if matches!(e.kind(), UnexpectedEof | InvalidData | NotFound) => e.to_string(),
+            Err(e) => return Err(Error::Io { op: "read", path: self.packs.path(loc.pack), source: e }),
         };
         tracing::warn!(chunk = %id, pack = %self.packs.path(loc.pack).display(), offset = loc.offset, reason = %why, "packed chunk does not match its name; forgotten, will not be served");
         lock(&self.unindexed).remove(id);

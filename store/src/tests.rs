@@ -302,6 +302,10 @@ fn a_damaged_packed_chunk_is_forgotten_never_returned() {
     assert_eq!(s.get(&ChunkId::of(&a)).expect("get"), None, "damaged bytes were returned");
     assert!(!s.has(&ChunkId::of(&a)), "a damaged chunk is forgotten, so it is fetched again");
     assert_eq!(s.get(&ChunkId::of(&b)).expect("get").as_deref(), Some(&b[..]), "its neighbour is untouched");
+    // A pack cut short under an indexed chunk: the chunk is forgotten too, not an error forever.
+    f.set_len(std::fs::metadata(&pack).expect("stat").len() - 10).expect("cut");
+    assert_eq!(s.get(&ChunkId::of(&b)).expect("get"), None, "a cut record was returned");
+    assert!(!s.has(&ChunkId::of(&b)));
 }
 
 #[test]
