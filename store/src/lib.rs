@@ -70,6 +70,13 @@ pub struct Store {
     /// Packed chunks the index refused to record (a full disk): found here until the next start,
     /// which adopts them from the packs.
     unindexed: Mutex<HashMap<ChunkId, Loc>>,
+    /// Where packed chunks are when the index cannot be read: after sled fails to write its
+    /// log (a full disk) it refuses every operation, reads too, until it is reopened. Built
+    /// once from the packs' headers on the first failed lookup, kept until the next start.
+    degraded: Mutex<Option<HashMap<ChunkId, Loc>>>,
+    /// Tests: make every index lookup fail, as a sled that failed to write its log does.
+    #[cfg(test)]
+    index_reads_fail: std::sync::atomic::AtomicBool,
     release_index: sled::Tree,
     trust_file: trust::TrustFile,
     trust: Mutex<trust::Trust>,
@@ -129,6 +136,9 @@ impl Store {
             release_index: db.open_tree("releases")?,
             pack_index: db.open_tree("packs")?,
             unindexed: Mutex::default(),
+            degraded: Mutex::default(),
+            #[cfg(test)]
+            index_reads_fail: std::sync::atomic::AtomicBool::new(false),
             db,
             files,
             staging,
@@ -268,7 +278,7 @@ impl Store {
     /// a chunk file written before a crash (after its fsync, before sled persisted the insert)
     /// is verified and adopted, so a crash never makes a device fetch verified bytes again.
     pub fn has(&self, id: &ChunkId) -> bool {
-        if matches!(self.chunk_index.contains_key(id.as_bytes()), Ok(true)) || lock(&self.unindexed).contains_key(id) {
+        if !matches!(self.lookup(id), Lookup::Unknown) {
             return true;
         }
         if !self.files.path(id).exists() {
@@ -432,6 +442,9 @@ impl Store {
     /// Record a packed chunk in the index; when the index refuses (a full disk), remember it
     /// in memory until the next start adopts it from its pack.
     fn index_packed(&self, id: &ChunkId, loc: Loc) {
+        if let Some(d) = lock(&self.degraded).as_mut() {
+            d.insert(*id, loc);
+        }
         if let Err(e) = self.chunk_index.insert(id.as_bytes(), &loc.encode()) {
             lock(&self.unindexed).insert(*id, loc);
             if !self.index_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -443,11 +456,7 @@ impl Store {
     /// Read a chunk, verified. A damaged chunk is quarantined, forgotten, and reported absent so
     /// it is fetched again; it is never returned.
     pub fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        let packed = match self.chunk_index.get(id.as_bytes())? {
-            Some(v) => Loc::decode(&v),
-            None => lock(&self.unindexed).get(id).copied(),
-        };
-        if let Some(loc) = packed {
+        if let Lookup::Packed(loc) = self.lookup(id) {
             return self.get_packed(id, &loc);
         }
         match self.files.read(id)? {
@@ -458,7 +467,10 @@ impl Store {
                 Ok(Some(b))
             }
             ChunkRead::Absent | ChunkRead::Damaged => {
-                self.chunk_index.remove(id.as_bytes())?;
+                // Best effort: an index that refuses writes (see `degraded`) keeps the entry until
+                // the next start (the chunk reads as missing meanwhile); an error here would stop
+                // every fetch that walks past the chunk.
+                let _ = self.chunk_index.remove(id.as_bytes());
                 Ok(None)
             }
         }
@@ -479,8 +491,48 @@ impl Store {
         };
         tracing::warn!(chunk = %id, pack = %self.packs.path(loc.pack).display(), offset = loc.offset, reason = %why, "packed chunk does not match its name; forgotten, will not be served");
         lock(&self.unindexed).remove(id);
-        self.chunk_index.remove(id.as_bytes())?;
+        if let Some(d) = lock(&self.degraded).as_mut() {
+            d.remove(id);
+        }
+        // Best effort: an index that refuses writes forgets it at the next start's adoption
+        // check (the record fails its hash again when read).
+        let _ = self.chunk_index.remove(id.as_bytes());
         Ok(None)
+    }
+
+    /// Where the index says a chunk is; packed chunks the index refused, or cannot tell about
+    /// (see `degraded`), are found in memory.
+    fn lookup(&self, id: &ChunkId) -> Lookup {
+        #[cfg(test)]
+        let read = if self.index_reads_fail.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(sled::Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)))
+        } else {
+            self.chunk_index.get(id.as_bytes())
+        };
+        #[cfg(not(test))]
+        let read = self.chunk_index.get(id.as_bytes());
+        let failed = match read {
+            Ok(Some(v)) => return Loc::decode(&v).map_or(Lookup::File, Lookup::Packed),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(loc) = lock(&self.unindexed).get(id) {
+            return Lookup::Packed(*loc);
+        }
+        let Some(e) = failed else { return Lookup::Unknown };
+        let mut d = lock(&self.degraded);
+        if d.is_none() {
+            tracing::warn!(error = %e, "the index cannot be read; packed chunks are found from the packs' headers until the next start");
+            let pending = self.packs.pending();
+            let mut found = self.packs.locations().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the packs' headers; their chunks will be fetched again");
+                HashMap::new()
+            });
+            // Staged, not yet synced: found only once committed (then through `unindexed`).
+            found.retain(|id, _| !pending.contains(id));
+            *d = Some(found);
+        }
+        d.as_ref().and_then(|m| m.get(id)).map_or(Lookup::Unknown, |l| Lookup::Packed(*l))
     }
 
     /// Forget and delete a chunk (a packed chunk's bytes stay in its pack, unreferenced).
@@ -576,4 +628,14 @@ mod tests;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the index knows of a chunk.
+enum Lookup {
+    /// A chunk file.
+    File,
+    /// A pack record.
+    Packed(Loc),
+    /// Nothing (a chunk file may still exist: see [`Store::has`]).
+    Unknown,
 }

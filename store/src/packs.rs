@@ -183,6 +183,24 @@ impl Packs {
         a.current.as_ref().is_some_and(|(n, _, _)| *n == pack) || a.dirty.contains_key(&pack)
     }
 
+    /// Chunks appended and not yet synced.
+    pub(crate) fn pending(&self) -> std::collections::HashSet<ChunkId> {
+        lock(&self.appender).pending.keys().copied().collect()
+    }
+
+    /// Where every whole record of every pack is, from the headers alone (for when the index
+    /// cannot be read; see `Store::lookup`).
+    pub(crate) fn locations(&self) -> std::io::Result<HashMap<ChunkId, Loc>> {
+        let mut out = HashMap::new();
+        for pack in list(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))? {
+            walk(&File::open(self.path(pack))?, 0, |id, offset, len| {
+                out.insert(id, Loc { pack, offset, len: len as u32 });
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
     /// Read a chunk's bytes (not verified: the caller checks them against the id).
     pub(crate) fn read(&self, loc: &Loc) -> std::io::Result<Vec<u8>> {
         if loc.len as usize > limits::MAX_CHUNK {

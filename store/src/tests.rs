@@ -309,6 +309,24 @@ fn a_damaged_packed_chunk_is_forgotten_never_returned() {
 }
 
 #[test]
+fn packed_chunks_are_found_while_the_index_cannot_be_read() {
+    let (_d, s) = store();
+    let committed = pseudo_random(20_000, 40);
+    let staged = pseudo_random(20_000, 41);
+    assert!(s.stage(&ChunkId::of(&committed), &committed).expect("stage"));
+    s.commit_staged(&[ChunkId::of(&committed)]).expect("commit");
+    assert!(s.stage(&ChunkId::of(&staged), &staged).expect("stage"));
+    // sled after failing to write its log (a full disk): every operation fails until reopened.
+    s.index_reads_fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(s.get(&ChunkId::of(&committed)).expect("get").as_deref(), Some(&committed[..]));
+    assert!(s.has(&ChunkId::of(&committed)));
+    assert!(!s.has(&ChunkId::of(&staged)), "a staged chunk was found before its sync");
+    assert_eq!(s.get(&ChunkId::of(b"never held")).expect("get of an absent chunk"), None);
+    s.commit_staged(&[ChunkId::of(&staged)]).expect("commit");
+    assert_eq!(s.get(&ChunkId::of(&staged)).expect("get").as_deref(), Some(&staged[..]));
+}
+
+#[test]
 fn missing_index_is_rebuilt_from_packs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let chunks: Vec<Vec<u8>> = (0..20).map(|i| pseudo_random(10_000 + i * 100, 20 + i as u64)).collect();

@@ -243,27 +243,33 @@ impl Cluster {
     }
 }
 
-/// Every chunk a node's store holds on disk, by the name it is stored under (its hex id),
-/// with its bytes as they are on disk (not verified: that is for the caller): chunk files
+/// Every copy of a chunk a node's store holds on disk, by the name it is stored under (its hex
+/// id), with its bytes as they are on disk (not verified: that is for the caller): chunk files
 /// (temp files excluded) and the records of its pack files, where a device keeps what it
-/// received (store/src/packs.rs), the newest possibly not yet synced.
-pub(crate) fn stored_chunks(home: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
+/// received (store/src/packs.rs), the newest possibly not yet synced. A pack may hold a chunk
+/// twice; both copies are here, so a check of every copy sees a bad one.
+pub(crate) fn stored_chunks(home: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
     for sub in std::fs::read_dir(home.join("data/chunks")).into_iter().flatten().flatten() {
         for f in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
             if !name.starts_with('.') {
-                out.insert(name, std::fs::read(f.path()).expect("chunk file"));
+                out.push((name, std::fs::read(f.path()).expect("chunk file")));
             }
         }
     }
     for r in layerhop_store::packs::all_records(&home.join("data")).expect("pack records") {
-        out.insert(r.id.to_hex(), r.bytes);
+        out.push((r.id.to_hex(), r.bytes));
     }
     out
 }
 
-/// How many chunks a node's store holds on disk (chunk files and pack records), without
+/// The chunks a node's store holds, each once (see [`stored_chunks`]).
+pub(crate) fn distinct_chunks(home: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    stored_chunks(home).into_iter().collect()
+}
+
+/// How many chunk copies a node's store holds on disk (chunk files and pack records), without
 /// reading their bytes: cheap enough to poll while the node runs.
 pub(crate) fn stored_count(home: &Path) -> usize {
     let files: usize = std::fs::read_dir(home.join("data/chunks"))

@@ -2,7 +2,7 @@
 //! does not stall the others.
 
 use crate::harness::noise;
-use crate::harness::{Cluster, Node, stored_chunks, wait_for};
+use crate::harness::{Cluster, Node, distinct_chunks, wait_for};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ fn model_dir(c: &Cluster, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
 /// release: the bytes a site that held nothing must receive at least once.
 fn new_bytes(device: &Node, release_file: &Path) -> u64 {
     let mut total = std::fs::metadata(release_file).expect("release file").len();
-    for bytes in stored_chunks(&device.home).into_values() {
+    for bytes in distinct_chunks(&device.home).into_values() {
         total += match layerhop_node::codec::compress(bytes) {
             layerhop_protocol::wire::ChunkReply::Raw(b) | layerhop_protocol::wire::ChunkReply::Zstd(b) => b.len() as u64,
             layerhop_protocol::wire::ChunkReply::Missing => 0,
@@ -86,5 +86,5 @@ fn a_device_killed_mid_download_does_not_stall_the_others() {
 }
 
 fn count_chunks(home: &Path) -> u64 {
-    stored_chunks(home).len() as u64
+    distinct_chunks(home).len() as u64
 }

@@ -129,7 +129,7 @@ fn testbed(work: &Path, data: &Path, args: &[&str]) -> Value {
 /// seed sends it: zstd when that pays, raw otherwise) plus the signed release file.
 fn new_bytes(complete_home: &Path, release_file: &Path) -> u64 {
     let mut total = std::fs::metadata(release_file).expect("release file").len();
-    for bytes in crate::harness::stored_chunks(complete_home).into_values() {
+    for bytes in crate::harness::distinct_chunks(complete_home).into_values() {
         total += match layerhop_node::codec::compress(bytes) {
             layerhop_protocol::wire::ChunkReply::Raw(b) | layerhop_protocol::wire::ChunkReply::Zstd(b) => b.len() as u64,
             layerhop_protocol::wire::ChunkReply::Missing => 0,
@@ -205,7 +205,7 @@ fn site_report(run: &Value, site: &Value) -> SiteReport {
         seed_chunks: u(site, "nodes.chunks_from_seed"),
         // Counted here from the store (each chunk once), not from the testbed's JSON, which
         // counts a chunk appended twice to a pack twice.
-        distinct: crate::harness::stored_chunks(&home).len() as u64,
+        distinct: crate::harness::distinct_chunks(&home).len() as u64,
         converge: site["converge_secs"].as_f64().unwrap_or(f64::NAN),
     }
 }
