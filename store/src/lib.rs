@@ -456,12 +456,15 @@ impl Store {
     /// Read a chunk, verified. A damaged chunk is quarantined, forgotten, and reported absent so
     /// it is fetched again; it is never returned.
     pub fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        if let Lookup::Packed(loc) = self.lookup(id) {
-            return self.get_packed(id, &loc);
-        }
+        // One index lookup per read (a seed serves every chunk through here).
+        let indexed = match self.lookup(id) {
+            Lookup::Packed(loc) => return self.get_packed(id, &loc),
+            Lookup::File => true,
+            Lookup::Unknown => false,
+        };
         match self.files.read(id)? {
             ChunkRead::Ok(b) => {
-                if !matches!(self.chunk_index.contains_key(id.as_bytes()), Ok(true)) {
+                if !indexed {
                     self.index_chunk(id, b.len());
                 }
                 Ok(Some(b))
@@ -470,7 +473,9 @@ impl Store {
                 // Best effort: an index that refuses writes (see `degraded`) keeps the entry until
                 // the next start (the chunk reads as missing meanwhile); an error here would stop
                 // every fetch that walks past the chunk.
-                let _ = self.chunk_index.remove(id.as_bytes());
+                if indexed {
+                    let _ = self.chunk_index.remove(id.as_bytes());
+                }
                 Ok(None)
             }
         }
