@@ -192,12 +192,9 @@ impl Packs {
     /// cannot be read; see `Store::lookup`).
     pub(crate) fn locations(&self) -> std::io::Result<HashMap<ChunkId, Loc>> {
         let mut out = HashMap::new();
-        for pack in list(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))? {
-            walk(&File::open(self.path(pack))?, 0, |id, offset, len| {
-                out.insert(id, Loc { pack, offset, len: len as u32 });
-                Ok(())
-            })?;
-        }
+        walk_all(&self.dir, |id, loc| {
+            out.insert(id, loc);
+        })?;
         Ok(out)
     }
 
@@ -303,15 +300,21 @@ fn walk(f: &File, from: u64, mut visit: impl FnMut(ChunkId, u64, usize) -> std::
 /// The ids the whole records in the packs of a store's data directory claim, in order
 /// (headers only: cheap enough to poll while a node runs).
 pub fn record_ids(data_dir: &Path) -> std::io::Result<Vec<ChunkId>> {
-    let dir = data_dir.join("packs");
     let mut out = Vec::new();
-    for pack in list(&dir).unwrap_or_default() {
-        walk(&File::open(pack_path(&dir, pack))?, 0, |id, _, _| {
-            out.push(id);
+    walk_all(&data_dir.join("packs"), |id, _| out.push(id))?;
+    Ok(out)
+}
+
+/// Visit the header of every whole record of every pack in `dir` (none when there is no such
+/// directory), in order.
+fn walk_all(dir: &Path, mut visit: impl FnMut(ChunkId, Loc)) -> std::io::Result<()> {
+    for pack in list(dir).unwrap_or_default() {
+        walk(&File::open(pack_path(dir, pack))?, 0, |id, offset, len| {
+            visit(id, Loc { pack, offset, len: len as u32 });
             Ok(())
         })?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Every whole record in the packs of a store's data directory, in order: for checking a
