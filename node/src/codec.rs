@@ -75,7 +75,7 @@ pub const SITE_PACE: Pace = Pace { grace: Duration::from_secs(5), floor: 2048 };
 impl Pace {
     /// When an answer whose first byte came at `first` and that has delivered `got` bytes
     /// falls below the pace.
-    fn due(&self, first: Instant, got: u64) -> Instant {
+    pub(crate) fn due(&self, first: Instant, got: u64) -> Instant {
         first + self.grace.max(Duration::from_secs_f64(got as f64 / self.floor.max(1) as f64))
     }
 }

@@ -50,6 +50,12 @@ peer_exchange = true
 # Device: share chunks with site peers (LAN first, one metered download per site). Default: true.
 site_sharing = true
 
+# Device: move chunks between site peers on a lane of their own (TLS 1.3 with AES-GCM, both
+# ends proven by their node identity) beside the libp2p connection, on an ephemeral TCP port
+# of the same address; chunks go over the libp2p connection with a peer that has none.
+# Default: true.
+bulk_lane = true
+
 # Device: network interfaces whose links are metered (cellular), besides any link to the seed.
 # Default: ["wwan0", "ppp0"].
 metered_interfaces = ["wwan0", "ppp0"]
@@ -131,6 +137,8 @@ struct File {
     site_peers: Vec<String>,
     #[serde(default)]
     site_sharing: Option<bool>,
+    #[serde(default)]
+    bulk_lane: Option<bool>,
     #[serde(default)]
     peer_exchange: Option<bool>,
     #[serde(default)]
@@ -239,6 +247,8 @@ pub struct Config {
     pub site_peers: Vec<Multiaddr>,
     /// Share chunks with site peers.
     pub site_sharing: bool,
+    /// Move chunks between site peers on lanes (see `crate::lane`).
+    pub bulk_lane: bool,
     /// Dial the site peers the seed reports.
     pub peer_exchange: bool,
     /// Interfaces whose links are metered.
@@ -380,6 +390,7 @@ impl Config {
             mdns: f.mdns.unwrap_or(true),
             site_peers,
             site_sharing: f.site_sharing.unwrap_or(true),
+            bulk_lane: f.bulk_lane.unwrap_or(true),
             peer_exchange: f.peer_exchange.unwrap_or(true),
             metered_interfaces: f.metered_interfaces.unwrap_or_else(|| vec!["wwan0".into(), "ppp0".into()]),
             lease: Duration::from_secs(lease),

@@ -42,6 +42,18 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     let verify_key = cfg.publisher_key;
     let classifier = Classifier::new(cfg.role == Role::Seed, &cfg.seed_addrs, &cfg.metered_interfaces);
     let with_mdns = cfg.role == Role::Device && cfg.mdns && cfg.site_sharing;
+    // The lane's certificate proves the node's identity, as the swarm's handshakes do.
+    let lane_identity = if cfg.role == Role::Device && cfg.site_sharing && cfg.bulk_lane {
+        match crate::lane::tls::Identity::new(&key) {
+            Ok(i) => Some(Arc::new(i)),
+            Err(e) => {
+                tracing::error!(error = %e, "no lane: chunks from site peers go over the libp2p connection");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let swarm = crate::swarm::build(key, classifier.clone(), cfg.request_timeout, with_mdns, cfg.role == Role::Seed, crate::swarm::limits(cfg.role == Role::Seed)).map_err(|e| anyhow!("building the network stack: {e}"))?;
     let fleet_signer = match cfg.role {
         Role::Seed => Some(Arc::new(home.load_signing_key(&home.fleet_key())?)),
@@ -63,7 +75,7 @@ pub async fn run_until(home: &Home, stop: impl std::future::Future<Output = ()>)
     let metrics_cfg = cfg.clone();
     let role = cfg.role;
     let policy = crate::policy::Policy::open(cfg.policy.clone(), (role == Role::Device).then(|| home.metered_ledger()), crate::policy::Now::system());
-    let parts = Parts { store: store.clone(), cfg, classifier, listen_file: home.listen_addrs(), credential, fleet_key, fleet_signer, policy };
+    let parts = Parts { store: store.clone(), cfg, classifier, listen_file: home.listen_addrs(), credential, fleet_key, fleet_signer, policy, lane_identity };
     let (event_loop, handle) = EventLoop::new(swarm, parts).context("starting the chunk writer")?;
     let server = Arc::new(control::Server {
         store,

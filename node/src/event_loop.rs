@@ -92,6 +92,8 @@ pub(crate) enum Done {
     /// under an interior node.
     Stored { channel: String, id: ChunkId, result: Result<(), String>, source: Source, below: Option<Result<layerhop_store::blob::Progress, String>> },
     Serve { channel: ResponseChannel<Response>, response: Response },
+    /// News from a lane (see [`crate::lane`]).
+    Lane(crate::lane::Event),
 }
 
 /// What the seed knows of a connected device.
@@ -120,6 +122,8 @@ pub struct Parts {
     pub fleet_signer: Option<Arc<layerhop_protocol::PublisherKey>>,
     /// Device: the metered-link policy.
     pub policy: crate::policy::Policy,
+    /// Device: the certificate of its lane (see [`crate::lane`]); none, no lane.
+    pub(crate) lane_identity: Option<Arc<crate::lane::tls::Identity>>,
 }
 
 /// The event loop's state.
@@ -192,6 +196,9 @@ pub struct EventLoop {
     /// Device: the metered-link policy, and the pause last logged per channel.
     pub(crate) policy: crate::policy::Policy,
     pub(crate) policy_log: HashMap<String, Option<crate::policy::Reason>>,
+    /// Device: its lane listener and the lanes it opened (started in `run`).
+    pub(crate) lanes: Option<crate::lane::Lanes>,
+    lane_identity: Option<Arc<crate::lane::tls::Identity>>,
 }
 
 impl EventLoop {
@@ -255,6 +262,8 @@ impl EventLoop {
             report: Default::default(),
             policy: p.policy,
             policy_log: HashMap::new(),
+            lanes: None,
+            lane_identity: p.lane_identity,
         };
         Ok((el, Handle { tx }))
     }
@@ -308,6 +317,23 @@ impl EventLoop {
         for a in self.cfg.listen.clone() {
             if let Err(e) = self.swarm.listen_on(a.clone()) {
                 tracing::error!(addr = %a, error = %e, "cannot listen");
+            }
+        }
+        if let Some(identity) = self.lane_identity.take() {
+            let access: Arc<crate::lane::server::Access> = Default::default();
+            let serving = crate::lane::server::Serving {
+                identity: identity.clone(),
+                store: self.store.clone(),
+                classifier: self.classifier.clone(),
+                access: access.clone(),
+                served: self.served.clone(),
+            };
+            match crate::lane::start(&self.cfg.listen, serving).await {
+                Ok(port) => {
+                    tracing::info!(port, "lane listening");
+                    self.lanes = Some(crate::lane::Lanes::new(identity, port, access));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot listen for lanes: chunks from site peers go over the libp2p connection"),
             }
         }
         if self.cfg.role == Role::Device {
@@ -505,6 +531,9 @@ impl EventLoop {
                     *slot = Some(peer_id);
                 }
                 self.peers.insert(peer_id, class);
+                if let (Some(l), Some(a)) = (&mut self.lanes, crate::traffic::socket_addr(endpoint.get_remote_address())) {
+                    l.connected(peer_id, a.ip());
+                }
                 if num_established.get() == 1 && self.cfg.role == Role::Device {
                     let hello = self.hello();
                     self.send(&peer_id, Request::Hello(hello), Pending::Hello);
@@ -520,6 +549,9 @@ impl EventLoop {
                     tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
                     self.peers.remove(&peer_id);
                     self.site.leave(&peer_id);
+                    if let Some(l) = &mut self.lanes {
+                        l.forget(&peer_id);
+                    }
                     self.enrolled.remove(&peer_id);
                     if Some(peer_id) == self.seed() {
                         self.state_dirty = true;
@@ -598,6 +630,7 @@ impl EventLoop {
 
     fn on_done(&mut self, done: Done) {
         match done {
+            Done::Lane(e) => self.on_lane(e),
             Done::Serve { channel, response } => {
                 let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
             }

@@ -65,6 +65,13 @@ impl EventLoop {
                     self.refuse(peer, channel, "holdings are reported to the seed, by enrolled devices");
                 }
             }
+            Request::Lane => match &self.lanes {
+                Some(l) if self.site.is_member(&peer) && self.peers.get(&peer) == Some(&LinkClass::Lan) => {
+                    let port = l.port;
+                    self.reply(channel, Response::Lane(port));
+                }
+                _ => self.refuse(peer, channel, "no lane for this peer: not a site member over the LAN, or lanes are off here"),
+            },
             Request::Chunks(ids) => {
                 let allowed = match self.cfg.role {
                     Role::Seed => self.enrolled.contains_key(&peer),
@@ -82,17 +89,7 @@ impl EventLoop {
                 let done = self.done_tx.clone();
                 let served = self.served.clone();
                 tokio::task::spawn_blocking(move || {
-                    let replies: Vec<ChunkReply> = ids
-                        .iter()
-                        .map(|id| match store.get(id) {
-                            Ok(Some(bytes)) => crate::codec::compress(bytes),
-                            Ok(None) => ChunkReply::Missing,
-                            Err(e) => {
-                                tracing::error!(chunk = %id, error = %e, "cannot read chunk to serve");
-                                ChunkReply::Missing
-                            }
-                        })
-                        .collect();
+                    let replies = crate::lane::server::read_chunks(&store, &ids);
                     let (n, bytes) = replies.iter().fold((0, 0), |(n, b), r| match r {
                         ChunkReply::Raw(x) | ChunkReply::Zstd(x) => (n + 1, b + x.len() as u64),
                         ChunkReply::Missing => (n, b),
@@ -172,10 +169,12 @@ impl EventLoop {
                 self.reply(channel, Response::Ack);
                 if new {
                     tracing::info!(%peer, "site peer joined");
+                    self.lane_member(peer);
                     // State goes out once both ends took each other as members; whichever of
                     // the two (this join, its ack of our hello) comes last sends it.
                     if self.hello_acked.contains(&peer) {
                         self.send_full_state(peer);
+                        self.lane_ask(peer);
                     }
                     self.send_trust(peer);
                     // Learn the releases it holds: the seed may be out of reach, and a release

@@ -92,11 +92,13 @@ impl EventLoop {
                 self.hello_acked.insert(peer);
                 if self.site.is_member(&peer) {
                     self.send_full_state(peer);
+                    self.lane_ask(peer);
                 }
             }
             (Some(Pending::Hello), Response::Refused(why)) => {
                 tracing::warn!(%peer, reason = %why, "peer refused this node");
             }
+            (_, Response::Lane(port)) => self.lane_port(peer, port),
             (Some(Pending::Chunks { channel, ids, source }), Response::Chunks(replies)) => {
                 self.request_done(source);
                 self.on_chunks(channel, ids, replies, source);

@@ -229,7 +229,12 @@ impl EventLoop {
         let pending = Pending::Chunks { channel: channel.to_owned(), ids: ids.clone(), source };
         match source {
             Source::Seed => self.send_uplink(&peer, Request::Chunks(ids), pending),
-            Source::Peer(_) => self.send(&peer, Request::Chunks(ids), pending),
+            // A member's lane if it has one that works (see crate::lane), else the exchange.
+            Source::Peer(_) => {
+                if let Err(pending) = self.lane_send(peer, pending) {
+                    self.send(&peer, Request::Chunks(ids), pending);
+                }
+            }
         }
     }
 

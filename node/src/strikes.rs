@@ -129,6 +129,9 @@ impl EventLoop {
         if banned {
             tracing::warn!(%peer, reason, "peer banned after repeated faults");
             self.site.leave(&peer);
+            if let Some(l) = &mut self.lanes {
+                l.forget(&peer);
+            }
             // Closes its connections and refuses new ones until the ban is lifted.
             self.swarm.behaviour_mut().blocked.block_peer(peer);
         } else {
@@ -141,6 +144,12 @@ impl EventLoop {
     pub(crate) fn judge_failure(&mut self, peer: PeerId, error: &OutboundFailure) -> bool {
         let OutboundFailure::Io(e) = error else { return false };
         let Some(fault) = Fault::of(e) else { return false };
+        self.judge_fault(peer, fault);
+        true
+    }
+
+    /// Strike `peer` for `fault` (a stall once per episode; never the seed).
+    pub(crate) fn judge_fault(&mut self, peer: PeerId, fault: &Fault) {
         let reason = fault.to_string();
         if Some(peer) == self.seed() {
             tracing::warn!(%peer, reason, "the seed misbehaved");
@@ -154,7 +163,6 @@ impl EventLoop {
         } else {
             self.strike(peer, &reason);
         }
-        true
     }
 
     /// Lift bans that ran out.

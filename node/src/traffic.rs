@@ -238,6 +238,27 @@ impl Classifier {
         class
     }
 
+    /// Class a lane connection (see [`crate::lane`]) between `local` and `remote` by the same
+    /// rules as the swarm's connections, and open its counters (bound to a peer by
+    /// [`Classifier::bind`] once its handshake proved who it is). The lane refuses a metered one.
+    pub fn lane(&self, remote: SocketAddr, local: SocketAddr) -> (LinkClass, Arc<LinkBytes>) {
+        let class = if self.all_metered || self.seed_addrs.contains(&remote) || self.on_metered_interface(local.ip()) {
+            LinkClass::Metered
+        } else {
+            LinkClass::Lan
+        };
+        (class, Arc::new(LinkBytes::default()))
+    }
+
+    /// From now on (and since it was opened), `link` counts towards `peer`.
+    pub fn bind(&self, peer: PeerId, class: LinkClass, link: &Arc<LinkBytes>) {
+        if let Ok(mut peers) = self.peers.lock() {
+            let book = peers.entry(peer).or_default();
+            book.class.get_or_insert(class);
+            book.live.push(link.clone());
+        }
+    }
+
     /// What each peer's connections moved since this node started.
     pub fn peer_totals(&self) -> HashMap<PeerId, PeerBytes> {
         let Ok(peers) = self.peers.lock() else { return HashMap::new() };

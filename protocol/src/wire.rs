@@ -44,6 +44,11 @@ pub enum Request {
     /// site; a receiver that holds a newer state answers with its own). Added to protocol 1
     /// as the last variant, like [`Request::Holdings`].
     Trust(TrustBundle),
+    /// Site peer to site peer: the TCP port of the sender's lane (the node's own connection
+    /// for bulk chunk transfer on the LAN), answered by [`Response::Lane`]. Added to protocol 1
+    /// as the last variant, like [`Request::Holdings`]: an older peer's decode failure leaves
+    /// the asker on the exchange protocol.
+    Lane,
 }
 
 /// Signed trust statements a node holds; each part is checked on its own signatures.
@@ -156,6 +161,9 @@ pub enum Response {
     Peers(Vec<PeerInfo>),
     /// The request was refused; the text says why.
     Refused(String),
+    /// Answer to [`Request::Lane`]: the port of the lane's listener, on the address the
+    /// connection that asked reached.
+    Lane(u16),
 }
 
 /// One chunk of a [`Response::Chunks`].
@@ -246,7 +254,7 @@ impl Request {
             }
             Request::Holdings(h) => Error::check_len("holding list", h.len(), limits::MAX_RELEASES_LISTED)?,
             Request::Trust(t) => Error::check_len("rotation chain", t.rotations.len(), limits::MAX_ROTATIONS)?,
-            Request::Releases | Request::Announce(_) => {}
+            Request::Releases | Request::Announce(_) | Request::Lane => {}
         }
         Ok(r)
     }
@@ -287,7 +295,7 @@ impl Response {
                     check_addrs(&i.listen_addrs)?;
                 }
             }
-            Response::Ack => {}
+            Response::Ack | Response::Lane(_) => {}
         }
         Ok(r)
     }

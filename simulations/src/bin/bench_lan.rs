@@ -40,6 +40,9 @@ struct Args {
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
+    /// Keep the nodes' homes (and their logs, `RUST_LOG` sets the level) and print where.
+    #[arg(long)]
+    keep: bool,
     /// Internal: act as the TCP sink on this port and print the bytes received.
     #[arg(long, hide = true)]
     sink: Option<u16>,
@@ -67,7 +70,7 @@ fn run(bin: &Path, args: &[&str]) -> Result<String> {
 
 fn start(bin: &Path, home: &Path) -> Result<Proc> {
     let log = std::fs::File::create(home.join("node.log"))?;
-    let child = Command::new(bin).args(["run", "--home"]).arg(home).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(log).spawn()?;
+    let child = Command::new(bin).args(["run", "--home"]).arg(home).env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).stdout(Stdio::null()).stderr(log).spawn()?;
     let p = Proc(child);
     wait("control socket", Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(home.join("control.sock")).is_ok().then_some(()))?;
     Ok(p)
@@ -252,6 +255,10 @@ fn main() -> Result<()> {
         println!("receiver: lan_in {lan_in} bytes, metered_in {metered_in} bytes, peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64);
         println!("CPU during the LAN fetch: receiver {receiver_cpu:.2} s (from its start), sender {sender_cpu:.2} s");
         println!("LAN/TCP speed ratio: {ratio:.2} (goal >= 0.80; against the copy into /dev/null: {ratio_null:.2})");
+    }
+    drop((a, b, _seed));
+    if args.keep {
+        eprintln!("homes kept in {}", tmp.keep().display());
     }
     Ok(())
 }

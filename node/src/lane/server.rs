@@ -1,0 +1,136 @@
+//! The answering side of lanes: a TCP listener beside the swarm's, serving chunks to site
+//! members.
+//!
+//! Who is served: the peer id the TLS handshake proved must be in [`Access`] — the event loop
+//! keeps there the site members connected over a LAN link (the same rule as chunk requests on
+//! the exchange protocol, see [`crate::inbound`]) and takes a peer out when it disconnects or is
+//! banned; the set is looked at again before every request. A connection whose addresses class
+//! it as metered is closed before its handshake. At most [`MAX_LANES`] lanes are open at once,
+//! a handshake gets [`HANDSHAKE_TIMEOUT`], and a lane idle for [`IDLE`] is closed (the asking
+//! side opens a new one when it needs it).
+
+use super::frame;
+use super::tls::{Identity, peer_of};
+use crate::status::ServedCounters;
+use crate::traffic::{Classifier, Counted, LinkClass};
+use futures::AsyncReadExt;
+use layerhop_protocol::wire::ChunkReply;
+use layerhop_store::Store;
+use libp2p::PeerId;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Lanes served at once.
+pub(crate) const MAX_LANES: usize = 64;
+/// Time for a lane's TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A lane with no request for this long is closed.
+const IDLE: Duration = Duration::from_secs(120);
+
+/// The peers lanes are served to (see the module docs).
+#[derive(Default)]
+pub(crate) struct Access(RwLock<HashSet<PeerId>>);
+
+impl Access {
+    pub(crate) fn allow(&self, p: PeerId) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(p);
+    }
+    pub(crate) fn deny(&self, p: &PeerId) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(p);
+    }
+    fn allowed(&self, p: &PeerId) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(p)
+    }
+}
+
+/// What serving needs.
+pub(crate) struct Serving {
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) classifier: Arc<Classifier>,
+    pub(crate) access: Arc<Access>,
+    pub(crate) served: Arc<ServedCounters>,
+}
+
+/// Accept lanes on `listener` until the runtime stops.
+pub(crate) fn spawn(listener: TcpListener, s: Serving) {
+    let s = Arc::new(s);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_LANES));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "lane accept failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%remote, "lane refused: too many open");
+                continue;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                if let Err(why) = serve(tcp, remote, &s).await {
+                    tracing::debug!(%remote, %why, "lane closed");
+                }
+                drop(slot);
+            });
+        }
+    });
+}
+
+async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Serving) -> Result<(), String> {
+    let local = tcp.local_addr().map_err(|e| e.to_string())?;
+    let (class, link) = s.classifier.lane(remote, local);
+    if class == LinkClass::Metered {
+        return Err("a lane over a metered link; closed".into());
+    }
+    let _ = tcp.set_nodelay(true);
+    let stream = Counted::new(libp2p::tcp::tokio::TcpStream(tcp), class, link.clone(), s.classifier.clone());
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, futures_rustls::TlsAcceptor::from(s.identity.server()).accept(stream))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let peer = peer_of(tls.get_ref().1).ok_or("no peer certificate")?;
+    s.classifier.bind(peer, class, &link);
+    let (mut rd, mut wr) = tls.split();
+    loop {
+        let ids = match tokio::time::timeout(IDLE, frame::read_request(&mut rd)).await {
+            Err(_) => return Ok(()),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(ids))) => ids,
+            Ok(Err(e)) => return Err(format!("{peer}: {e}")),
+        };
+        if !s.access.allowed(&peer) {
+            return Err(format!("{peer} is not a site member reached over the LAN"));
+        }
+        let store = s.store.clone();
+        let replies = tokio::task::spawn_blocking(move || read_chunks(&store, &ids)).await.map_err(|e| e.to_string())?;
+        let (n, bytes) = replies.iter().fold((0, 0), |(n, b), r| match r {
+            ChunkReply::Raw(x) | ChunkReply::Zstd(x) => (n + 1, b + x.len() as u64),
+            ChunkReply::Missing => (n, b),
+        });
+        s.served.add(n, bytes);
+        frame::write_replies(&mut wr, &replies).await.map_err(|e| format!("{peer}: {e}"))?;
+    }
+}
+
+/// The chunks asked for, as the exchange protocol answers them (verified as read; compressed
+/// when that pays).
+pub(crate) fn read_chunks(store: &Store, ids: &[layerhop_protocol::ChunkId]) -> Vec<ChunkReply> {
+    ids.iter()
+        .map(|id| match store.get(id) {
+            Ok(Some(bytes)) => crate::codec::compress(bytes),
+            Ok(None) => ChunkReply::Missing,
+            Err(e) => {
+                tracing::error!(chunk = %id, error = %e, "cannot read chunk to serve");
+                ChunkReply::Missing
+            }
+        })
+        .collect()
+}
