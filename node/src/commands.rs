@@ -330,6 +330,9 @@ pub fn render_status(s: &Status) -> String {
         out += &render_policy(p);
     }
     out += &format!("LAN: {} in, {} out\n", HumanBytes(t.lan_in), HumanBytes(t.lan_out));
+    if let Some(port) = s.lane_port {
+        out += &format!("lane: port {port}, {} answers received over lanes\n", s.lane_answers);
+    }
     out += &format!(
         "chunks fetched: {} from the seed, {} from site peers; served {} chunks ({}) in {} requests\n",
         s.chunks_from_seed,

@@ -765,6 +765,8 @@ impl EventLoop {
             refused_requests: self.refused_requests,
             revoked: self.revoked.devices.len() + self.revoked.peers.len(),
             publisher_key: self.release_keys().last().map(|k| k.to_hex()),
+            lane_port: self.lanes.as_ref().map(|l| l.port),
+            lane_answers: self.lanes.as_ref().map_or(0, |l| l.answers),
             served: self.served.snapshot(),
             policy: self.policy_status(),
         }

@@ -104,6 +104,7 @@ pub fn render(s: &Status, fleet: Option<&FleetStatus>) -> Result<String, std::fm
         "Chunks fetched since the node started, by source",
         counters([(vec![("source", "seed".to_owned())], s.chunks_from_seed), (vec![("source", "peer".to_owned())], s.chunks_from_peers)]),
     );
+    r.register("lane_answers", "Answers to this node's chunk requests that came over lanes", counter(s.lane_answers));
     r.register("chunk_requests_served", "Chunk requests this node answered", counter(s.served.requests));
     r.register("chunks_served", "Chunks this node sent to others", counter(s.served.chunks));
     r.register_with_unit("served", "Bytes of chunks this node sent to others, as sent", Unit::Bytes, counter(s.served.bytes));
@@ -236,6 +237,8 @@ mod tests {
             refused_requests: 0,
             revoked: 0,
             publisher_key: None,
+            lane_port: Some(40000),
+            lane_answers: 7,
             served: Served { requests: 2, chunks: 3, bytes: 99 },
             policy: Some(crate::policy::Status {
                 day: crate::policy::Period { used: 700, budget: Some(1000), left: Some(300) },
@@ -255,6 +258,7 @@ mod tests {
             "layerhop_banned_peers 1",
             "layerhop_peer_strikes_total 4",
             "layerhop_chunks_fetched_total{source=\"seed\"} 5",
+            "layerhop_lane_answers_total 7",
             "layerhop_chunk_requests_served_total 2",
             "layerhop_served_bytes_total 99",
             "layerhop_release_held_bytes{channel=\"detector\",version=\"3\"} 250",

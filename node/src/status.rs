@@ -54,6 +54,13 @@ pub struct Status {
     /// The publisher key new releases must be signed with (after rotations), hex.
     #[serde(default)]
     pub publisher_key: Option<String>,
+    /// Device: the TCP port its lane listens on (see the README's "Lanes"); none: no lane.
+    #[serde(default)]
+    pub lane_port: Option<u16>,
+    /// Answers to this node's chunk requests that came over lanes since it started (the other
+    /// chunks from site peers came over their libp2p connection).
+    #[serde(default)]
+    pub lane_answers: u64,
     /// What this node served to others since it started.
     #[serde(default)]
     pub served: Served,

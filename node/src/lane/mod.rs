@@ -51,6 +51,8 @@ pub(crate) struct Lanes {
     pub(crate) identity: Arc<tls::Identity>,
     pub(crate) port: u16,
     pub(crate) access: Arc<server::Access>,
+    /// Answers received on lanes (for status).
+    pub(crate) answers: u64,
     clients: HashMap<PeerId, client::Client>,
     /// Lane ports members told, and the address each member's connection reached.
     ports: HashMap<PeerId, u16>,
@@ -69,6 +71,7 @@ impl Lanes {
             identity,
             port,
             access,
+            answers: 0,
             clients: HashMap::new(),
             ports: HashMap::new(),
             ips: HashMap::new(),
@@ -156,6 +159,7 @@ impl EventLoop {
         match e {
             Event::Answer { peer, req, replies } => {
                 let Some((_, _, Pending::Chunks { channel, ids, source })) = l.pending.remove(&req) else { return };
+                l.answers += 1;
                 self.site.heard(&peer);
                 self.request_done(source);
                 self.on_chunks(channel, ids, replies, source);
@@ -209,3 +213,6 @@ pub(crate) async fn start(listen: &[libp2p::Multiaddr], s: server::Serving) -> s
     server::spawn(listener, s);
     Ok(port)
 }
+
+#[cfg(test)]
+mod tests;

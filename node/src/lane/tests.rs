@@ -1,0 +1,116 @@
+//! Lanes between real sockets on 127.0.0.1: who is served, who is trusted, and that a metered
+//! link is refused.
+
+use super::client::{self, Dial, Job};
+use super::server::{Access, Serving};
+use super::tls::Identity;
+use super::{Event, frame::Failure};
+use crate::event_loop::Done;
+use crate::traffic::Classifier;
+use layerhop_protocol::ChunkId;
+use layerhop_protocol::wire::ChunkReply;
+use layerhop_store::Store;
+use libp2p::{PeerId, identity::Keypair};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+struct Server {
+    addr: SocketAddr,
+    peer: PeerId,
+    access: Arc<Access>,
+    data: Vec<u8>,
+    id: ChunkId,
+    _dir: tempfile::TempDir,
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(dir.path()).expect("store");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let id = ChunkId::of(&data);
+    store.put(&id, &data).expect("put");
+    let key = Keypair::generate_ed25519();
+    let access = Arc::new(Access::default());
+    let serving = Serving {
+        identity: Arc::new(Identity::new(&key).expect("identity")),
+        store: Arc::new(store),
+        classifier: Classifier::new(false, &[], &[]),
+        access: access.clone(),
+        served: Default::default(),
+    };
+    let port = super::start(&["/ip4/127.0.0.1/tcp/0".parse().expect("addr")], serving).await.expect("listen");
+    Server { addr: SocketAddr::from(([127, 0, 0, 1], port)), peer: key.public().to_peer_id(), access, data, id, _dir: dir }
+}
+
+/// Ask `ids` of the server at `addr` as `key`, expecting `peer` there; the first event back.
+async fn ask(key: &Keypair, addr: SocketAddr, peer: PeerId, classifier: Arc<Classifier>, ids: Vec<ChunkId>) -> Event {
+    let (tx, mut rx) = mpsc::channel(16);
+    let dial = Dial { peer, addr, generation: 1, identity: Arc::new(Identity::new(key).expect("identity")), classifier, timeout: Duration::from_secs(10) };
+    let c = client::spawn(dial, tx);
+    assert!(c.send(Job { req: 7, ids }));
+    match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+        Ok(Some(Done::Lane(e))) => e,
+        Ok(_) => panic!("no lane event"),
+        Err(_) => panic!("no lane event within 20 s"),
+    }
+}
+
+fn lan() -> Arc<Classifier> {
+    Classifier::new(false, &[], &[])
+}
+
+#[tokio::test]
+async fn a_member_gets_verified_chunks_and_missing_ones_are_said() {
+    let s = server().await;
+    let me = Keypair::generate_ed25519();
+    s.access.allow(me.public().to_peer_id());
+    let missing = ChunkId::of(b"not held");
+    match ask(&me, s.addr, s.peer, lan(), vec![s.id, missing]).await {
+        Event::Answer { peer, req, replies } => {
+            assert_eq!((peer, req), (s.peer, 7));
+            assert_eq!(replies.len(), 2);
+            let got = crate::codec::decompress(replies[0].clone()).expect("a chunk").expect("decodes");
+            assert_eq!(got, s.data);
+            assert_eq!(replies[1], ChunkReply::Missing);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_peer_not_allowed_is_not_served() {
+    let s = server().await;
+    let stranger = Keypair::generate_ed25519();
+    match ask(&stranger, s.addr, s.peer, lan(), vec![s.id]).await {
+        Event::Closed { why: Failure::Lost(_), .. } => {}
+        other => panic!("a stranger was answered: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_the_expected_peer_is_refused() {
+    let s = server().await;
+    let me = Keypair::generate_ed25519();
+    s.access.allow(me.public().to_peer_id());
+    let someone_else = Keypair::generate_ed25519().public().to_peer_id();
+    match ask(&me, s.addr, someone_else, lan(), vec![s.id]).await {
+        Event::Closed { why: Failure::Lost(why), .. } => assert!(why.contains("TLS handshake"), "{why}"),
+        other => panic!("an impostor was trusted: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_lane_over_a_metered_link_is_not_opened() {
+    let s = server().await;
+    let me = Keypair::generate_ed25519();
+    s.access.allow(me.public().to_peer_id());
+    // The server's address is a seed address to this classifier: the link is metered.
+    let metered = Classifier::new(false, &[format!("/ip4/127.0.0.1/tcp/{}", s.addr.port()).parse().expect("addr")], &[]);
+    match ask(&me, s.addr, s.peer, metered.clone(), vec![s.id]).await {
+        Event::Closed { why: Failure::Lost(why), .. } => assert!(why.contains("metered"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(metered.counters.totals().metered_out, 0, "nothing was sent on the metered link");
+}
