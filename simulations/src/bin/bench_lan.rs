@@ -236,6 +236,8 @@ fn main() -> Result<()> {
     let rss = peak_rss(b.0.id());
     let lan_in = s["traffic"]["lan_in"].as_u64().unwrap_or(0);
     let metered_in = s["traffic"]["metered_in"].as_u64().unwrap_or(0);
+    let lane_answers = s["lane_answers"].as_u64().unwrap_or(0);
+    let from_peers = s["chunks_from_peers"].as_u64().unwrap_or(0);
     let mib_s = |d: Duration| bytes as f64 / (1 << 20) as f64 / d.as_secs_f64();
     let ratio = tcp.as_secs_f64() / lan.as_secs_f64();
     let ratio_null = tcp_null.as_secs_f64() / lan.as_secs_f64();
@@ -245,7 +247,8 @@ fn main() -> Result<()> {
             serde_json::json!({"bytes": bytes, "tcp_copy_seconds": tcp.as_secs_f64(), "tcp_copy_to_null_seconds": tcp_null.as_secs_f64(),
                 "lan_seconds": lan.as_secs_f64(), "ratio": ratio, "ratio_to_null_copy": ratio_null,
                 "receiver_peak_rss_bytes": rss, "receiver_lan_in": lan_in, "receiver_metered_in": metered_in,
-                "receiver_cpu_seconds": receiver_cpu, "sender_cpu_seconds": sender_cpu})
+                "receiver_cpu_seconds": receiver_cpu, "sender_cpu_seconds": sender_cpu,
+                "receiver_chunks_from_peers": from_peers, "receiver_lane_answers": lane_answers})
         );
     } else {
         println!("{:<28} {:>9} {:>10}", "", "seconds", "MiB/s");
@@ -253,6 +256,7 @@ fn main() -> Result<()> {
         println!("{:<28} {:>9.2} {:>10.1}", "TCP copy into a file+fsync", tcp.as_secs_f64(), mib_s(tcp));
         println!("{:<28} {:>9.2} {:>10.1}", "layerhop LAN fetch (B ← A)", lan.as_secs_f64(), mib_s(lan));
         println!("receiver: lan_in {lan_in} bytes, metered_in {metered_in} bytes, peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64);
+        println!("receiver: {from_peers} chunks from site peers, {lane_answers} answers over the lane (up to 16 chunks each)");
         println!("CPU during the LAN fetch: receiver {receiver_cpu:.2} s (from its start), sender {sender_cpu:.2} s");
         println!("LAN/TCP speed ratio: {ratio:.2} (goal >= 0.80; against the copy into /dev/null: {ratio_null:.2})");
     }
