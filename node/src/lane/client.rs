@@ -2,7 +2,7 @@
 //!
 //! The event loop hands batches ([`Job`]) to the lane's task; the task writes each request as
 //! it comes and reads the answers in order, reporting each answer, and at the end why the lane
-//! closed, as [`Event`]s through the event loop's `done` channel. Everything still unanswered
+//! closed (idle for [`IDLE`], or failed), as [`Event`]s through the event loop's `done` channel. Everything still unanswered
 //! when a lane closes is asked again by the event loop (see `EventLoop::on_lane`).
 
 use super::Event;
@@ -17,7 +17,12 @@ use libp2p::PeerId;
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// A lane with nothing asked for this long is closed (a site of 50 holds 49 lanes per member
+/// while it moves a release, none after).
+const IDLE: Duration = Duration::from_secs(5);
 use tokio::sync::mpsc;
 
 /// A batch of chunk ids, numbered by the event loop.
@@ -94,8 +99,18 @@ async fn run(d: Dial, mut jobs: mpsc::UnboundedReceiver<Job>, done: &mpsc::Sende
     let (mut rd, mut wr) = tls.split();
     // Requests written and not yet answered, in order.
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Job>();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let waiting = in_flight.clone();
     let writer = async move {
-        while let Some(job) = jobs.recv().await {
+        loop {
+            let job = match tokio::time::timeout(IDLE, jobs.recv()).await {
+                Ok(Some(job)) => job,
+                Ok(None) => break,
+                // Idle: close (a batch queued meanwhile is asked again by the event loop).
+                Err(_) if waiting.load(Ordering::Relaxed) == 0 => break,
+                Err(_) => continue,
+            };
+            waiting.fetch_add(1, Ordering::Relaxed);
             frame::write_request(&mut wr, &job.ids).await?;
             if sent_tx.send(job).is_err() {
                 break;
@@ -109,6 +124,7 @@ async fn run(d: Dial, mut jobs: mpsc::UnboundedReceiver<Job>, done: &mpsc::Sende
         while let Some(job) = sent_rx.recv().await {
             let mut clock = Clock::new(SITE_PACE, timeout);
             let replies = frame::read_replies(&mut rd, job.ids.len(), &mut clock).await?;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
             if done.send(Done::Lane(Event::Answer { peer, req: job.req, replies })).await.is_err() {
                 break;
             }
@@ -126,7 +142,7 @@ async fn run(d: Dial, mut jobs: mpsc::UnboundedReceiver<Job>, done: &mpsc::Sende
                 Err(f) => return f,
             },
             r = &mut reader => return match r {
-                Ok(()) => Failure::Lost("lane closed".into()),
+                Ok(()) => Failure::Idle,
                 Err(f) => f,
             },
         }

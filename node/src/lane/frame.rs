@@ -25,6 +25,8 @@ pub(crate) enum Failure {
     Fault(Fault),
     /// The connection failed or timed out: not evidence against the peer.
     Lost(String),
+    /// The asking side closed it, idle.
+    Idle,
 }
 
 impl From<io::Error> for Failure {

@@ -171,6 +171,7 @@ impl EventLoop {
                 let lost: Vec<u64> = l.pending.iter().filter(|(_, (p, g, _))| *p == peer && *g == generation).map(|(r, _)| *r).collect();
                 let fault = match why {
                     frame::Failure::Fault(f) => Some(f),
+                    frame::Failure::Idle => None,
                     frame::Failure::Lost(why) => {
                         if !lost.is_empty() {
                             tracing::info!(%peer, %why, batches = lost.len(), "lane lost; its chunks are asked again");

@@ -114,3 +114,23 @@ async fn a_lane_over_a_metered_link_is_not_opened() {
     }
     assert_eq!(metered.counters.totals().metered_out, 0, "nothing was sent on the metered link");
 }
+
+#[tokio::test]
+async fn an_idle_lane_closes_itself_without_blame() {
+    let s = server().await;
+    let me = Keypair::generate_ed25519();
+    s.access.allow(me.public().to_peer_id());
+    let (tx, mut rx) = mpsc::channel(16);
+    let dial = Dial { peer: s.peer, addr: s.addr, generation: 3, identity: Arc::new(Identity::new(&me).expect("identity")), classifier: lan(), timeout: Duration::from_secs(10) };
+    let c = client::spawn(dial, tx);
+    assert!(c.send(Job { req: 1, ids: vec![s.id] }));
+    let mut events = Vec::new();
+    while let Ok(Some(Done::Lane(e))) = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+        let closed = matches!(e, Event::Closed { .. });
+        events.push(e);
+        if closed {
+            break;
+        }
+    }
+    assert!(matches!(events.as_slice(), [Event::Answer { req: 1, .. }, Event::Closed { generation: 3, why: Failure::Idle, .. }]), "{events:?}");
+}
