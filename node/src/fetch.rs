@@ -82,6 +82,11 @@ pub struct Fetch {
     pub landed_recently: Vec<ChunkId>,
     /// Chunks that landed (or were found held below a landed node) since the last tree walk.
     pub landed_since_walk: Vec<ChunkId>,
+    /// A ready want may have no live holder on the site: false only after a pump's full pass
+    /// found none, until a want is added, retried or unparked (see [`crate::schedule`]).
+    pub maybe_unheld: bool,
+    /// The site epoch and time of that full pass.
+    pub full_pass: Option<(u64, Instant)>,
 }
 
 impl Fetch {
@@ -104,6 +109,8 @@ impl Fetch {
             aged: false,
             landed_recently: Vec::new(),
             landed_since_walk: Vec::new(),
+            maybe_unheld: true,
+            full_pass: None,
         }
     }
 
@@ -142,6 +149,7 @@ impl Fetch {
         }
         self.landed_since_walk.clear();
         self.progress = p;
+        self.maybe_unheld = true;
     }
 
     fn add_want(&mut self, r: BlobRef) {
@@ -151,6 +159,7 @@ impl Fetch {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.ready.insert(seq, r.root);
+        self.maybe_unheld = true;
         self.wants.insert(r.root, Want { in_flight: None, tried: HashSet::new(), seed_lacked: None, fetcher: None, entry: r, seq, parked: false });
     }
 
@@ -174,6 +183,7 @@ impl Fetch {
             {
                 w.parked = false;
                 self.ready.insert(w.seq, id);
+                self.maybe_unheld = true;
             }
         }
     }
@@ -184,6 +194,7 @@ impl Fetch {
             if let Some(w) = self.wants.get_mut(&id) {
                 w.parked = false;
                 self.ready.insert(w.seq, id);
+                self.maybe_unheld = true;
             }
         }
     }
@@ -254,6 +265,7 @@ impl Fetch {
             if w.in_flight.take().is_some() {
                 self.ready.insert(w.seq, *id);
             }
+            self.maybe_unheld = true;
             match lacked_by {
                 Some(Source::Peer(p)) => {
                     w.tried.insert(p);

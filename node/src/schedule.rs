@@ -17,7 +17,13 @@
 //! has ~16,000 ready wants per GiB, all held by that busy peer, and walking them after every
 //! answer was the receiving node's largest CPU cost in `bench_lan` (14%). A seed-bound want
 //! behind them is still found: every pump after the seed had room freed, and at least every
-//! [`FULL_PASS_EVERY`], looks at every ready want.
+//! [`FULL_PASS_EVERY`], looks at every ready want. When such a full pass found every ready want
+//! held by a live member (all of them, in a LAN transfer), nothing is left for the seed until
+//! something changes — a want added, retried or unparked, the site's epoch (a member joining,
+//! leaving, losing its lease) — so until then a pump stops as soon as no member has room, and
+//! full passes are skipped, for at most [`QUIET_FULL_PASS_EVERY`]. (The busy skips and the
+//! full passes were still ~12% of the receiving node's network threads in `bench_lan` once
+//! chunks came over lanes.)
 //!
 //! With site sharing off (the config's `site_sharing = false`, used as a baseline) every chunk
 //! comes from the seed. Each source gets at most `parallel_requests` requests in flight of up
@@ -40,6 +46,10 @@ const BUSY_SKIP_LIMIT: usize = 256;
 
 /// The longest time between two pumps that look at every ready want.
 const FULL_PASS_EVERY: Duration = Duration::from_millis(100);
+
+/// The longest time between two full passes while the last found every ready want held by a
+/// live member (a bound on what a change the hint misses can cost).
+const QUIET_FULL_PASS_EVERY: Duration = Duration::from_secs(1);
 
 /// How long to leave a chunk the seed said it lacks before asking the seed again.
 const SEED_LACK_RETRY: Duration = Duration::from_secs(5);
@@ -111,9 +121,22 @@ impl EventLoop {
             let key = f.key();
             let known_since = f.started;
             let holders = if sharing { self.site.holders_of(&key) } else { Vec::new() };
+            // Quiet: the last full pass found every ready want held by a live member, and
+            // nothing has changed that since (see the module docs).
+            let quiet = sharing && !f.maybe_unheld && f.full_pass.is_some_and(|(e, at)| e == epoch && now.duration_since(at) < QUIET_FULL_PASS_EVERY);
+            let full_here = full_pass && !quiet;
+            if full_here {
+                f.maybe_unheld = false;
+                f.full_pass = Some((epoch, now));
+            }
             let mut busy_skips = 0;
             for id in f.ready.values() {
                 if seed_room == 0 && members_with_room == 0 {
+                    // Wants left unseen: what they are is not known.
+                    f.maybe_unheld |= full_here;
+                    break;
+                }
+                if quiet && members_with_room == 0 {
                     break;
                 }
                 let Some(w) = f.wants.get_mut(id) else { continue };
@@ -135,7 +158,7 @@ impl EventLoop {
                         Some(_) => {
                             // Held on the site; its holders are busy.
                             busy_skips += 1;
-                            if !full_pass && members_with_room == 0 && busy_skips >= BUSY_SKIP_LIMIT {
+                            if !full_here && members_with_room == 0 && busy_skips >= BUSY_SKIP_LIMIT {
                                 break;
                             }
                             continue;
@@ -160,6 +183,8 @@ impl EventLoop {
                     }
                 }
                 if seed_room == 0 || w.seed_lacked.is_some_and(|t| now.duration_since(t) < SEED_LACK_RETRY) {
+                    // Stays ready, held by no member.
+                    f.maybe_unheld = true;
                     continue;
                 }
                 seed_batch.push(*id);

@@ -36,6 +36,8 @@ pub(crate) struct Client {
     tx: mpsc::UnboundedSender<Job>,
     /// Tells this lane's events from those of an earlier lane to the same peer.
     pub(crate) generation: u64,
+    /// Its handshake is done (batches go to it only then).
+    pub(crate) open: bool,
 }
 
 impl Client {
@@ -64,7 +66,7 @@ pub(crate) fn spawn(d: Dial, done: mpsc::Sender<Done>) -> Client {
         let why = run(d, rx, &done).await;
         let _ = done.send(Done::Lane(Event::Closed { peer, generation, why })).await;
     });
-    Client { tx, generation }
+    Client { tx, generation, open: false }
 }
 
 async fn connect(d: &Dial) -> Result<futures_rustls::client::TlsStream<Counted<libp2p::tcp::tokio::TcpStream>>, Failure> {
@@ -96,6 +98,9 @@ async fn run(d: Dial, mut jobs: mpsc::UnboundedReceiver<Job>, done: &mpsc::Sende
         Err(f) => return f,
     };
     tracing::debug!(peer = %d.peer, addr = %d.addr, "lane open");
+    if done.send(Done::Lane(Event::Opened { peer: d.peer, generation: d.generation })).await.is_err() {
+        return Failure::Idle;
+    }
     let (mut rd, mut wr) = tls.split();
     // Requests written and not yet answered, in order.
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Job>();

@@ -19,7 +19,8 @@
 //! protocol's, `EventLoop::on_chunks`). A peer learns a member's lane port by asking
 //! ([`layerhop_protocol::wire::Request::Lane`]); a member that has no lane (an older build, or
 //! `bulk_lane = false`) is asked on the exchange protocol, and so is one whose lane failed, for
-//! [`RETRY_AFTER`].
+//! [`RETRY_AFTER`]. A lane is opened only for a transfer of some size, and used once its
+//! handshake is done (see `EventLoop::lane_send`).
 
 pub(crate) mod client;
 pub(crate) mod frame;
@@ -40,6 +41,8 @@ pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// What a lane's task reports to the event loop.
 #[derive(Debug)]
 pub(crate) enum Event {
+    /// The lane's handshake is done: batches may go to it.
+    Opened { peer: PeerId, generation: u64 },
     /// The answer to batch `req`.
     Answer { peer: PeerId, req: u64, replies: Vec<ChunkReply> },
     /// The lane closed (or never opened); its unanswered batches are to be asked again.
@@ -63,6 +66,8 @@ pub(crate) struct Lanes {
     next_generation: u64,
     /// Peers whose lane failed, until when they are asked on the exchange protocol.
     resting: HashMap<PeerId, Instant>,
+    /// Batches sent to each peer over libp2p since its last lane closed (see `lane_send`).
+    asked: HashMap<PeerId, usize>,
 }
 
 impl Lanes {
@@ -79,6 +84,7 @@ impl Lanes {
             next_req: 0,
             next_generation: 0,
             resting: HashMap::new(),
+            asked: HashMap::new(),
         }
     }
 
@@ -94,6 +100,7 @@ impl Lanes {
         self.ports.remove(peer);
         self.ips.remove(peer);
         self.resting.remove(peer);
+        self.asked.remove(peer);
     }
 }
 
@@ -121,7 +128,13 @@ impl EventLoop {
         }
     }
 
-    /// Send a batch to `peer` on its lane, if it has one that works; gives the batch back if not.
+    /// Send a batch to `peer` on its lane if it has one open; gives the batch back if not.
+    ///
+    /// A lane is opened once `peer` has been sent a window's worth of batches
+    /// (`parallel_requests`) since its last lane closed: a transfer that small ends about as
+    /// soon on the libp2p connection as a handshake would, and a site of 50 moving a small
+    /// release would otherwise open a lane between every two members. Batches keep going over
+    /// libp2p until the lane's handshake is done, so a slow or failing lane delays nothing.
     pub(crate) fn lane_send(&mut self, peer: PeerId, pending: Pending) -> Result<(), Pending> {
         let Some(l) = &mut self.lanes else { return Err(pending) };
         let (Some(port), Some(ip)) = (l.ports.get(&peer), l.ips.get(&peer)) else { return Err(pending) };
@@ -129,23 +142,30 @@ impl EventLoop {
             return Err(pending);
         }
         let Pending::Chunks { ids, .. } = &pending else { return Err(pending) };
-        let ids = ids.clone();
-        let addr = SocketAddr::new(*ip, *port);
-        let c = l.clients.entry(peer).or_insert_with(|| {
-            l.next_generation += 1;
-            let dial = client::Dial {
-                peer,
-                addr,
-                generation: l.next_generation,
-                identity: l.identity.clone(),
-                classifier: self.classifier.clone(),
-                timeout: self.cfg.request_timeout,
-            };
-            client::spawn(dial, self.done_tx.clone())
-        });
+        let Some(c) = l.clients.get(&peer) else {
+            let asked = l.asked.entry(peer).or_default();
+            *asked += 1;
+            if *asked >= self.cfg.parallel_requests {
+                l.asked.remove(&peer);
+                l.next_generation += 1;
+                let dial = client::Dial {
+                    peer,
+                    addr: SocketAddr::new(*ip, *port),
+                    generation: l.next_generation,
+                    identity: l.identity.clone(),
+                    classifier: self.classifier.clone(),
+                    timeout: self.cfg.request_timeout,
+                };
+                l.clients.insert(peer, client::spawn(dial, self.done_tx.clone()));
+            }
+            return Err(pending);
+        };
+        if !c.open {
+            return Err(pending);
+        }
         let req = l.next_req;
         l.next_req += 1;
-        if !c.send(client::Job { req, ids }) {
+        if !c.send(client::Job { req, ids: ids.clone() }) {
             l.clients.remove(&peer);
             return Err(pending);
         }
@@ -157,6 +177,11 @@ impl EventLoop {
     pub(crate) fn on_lane(&mut self, e: Event) {
         let Some(l) = &mut self.lanes else { return };
         match e {
+            Event::Opened { peer, generation } => {
+                if let Some(c) = l.clients.get_mut(&peer).filter(|c| c.generation == generation) {
+                    c.open = true;
+                }
+            }
             Event::Answer { peer, req, replies } => {
                 let Some((_, _, Pending::Chunks { channel, ids, source })) = l.pending.remove(&req) else { return };
                 l.answers += 1;
