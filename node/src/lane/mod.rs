@@ -198,9 +198,14 @@ impl EventLoop {
                     frame::Failure::Fault(f) => Some(f),
                     frame::Failure::Idle => None,
                     frame::Failure::Lost(why) => {
-                        if !lost.is_empty() {
+                        // Failed to open, or broke: the exchange carries this peer's batches
+                        // for a while (a blocked port costs one attempt per rest, not one per
+                        // window of batches).
+                        l.resting.insert(peer, Instant::now() + RETRY_AFTER);
+                        if lost.is_empty() {
+                            tracing::debug!(%peer, %why, "lane failed");
+                        } else {
                             tracing::info!(%peer, %why, batches = lost.len(), "lane lost; its chunks are asked again");
-                            l.resting.insert(peer, Instant::now() + RETRY_AFTER);
                         }
                         None
                     }
