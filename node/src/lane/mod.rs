@@ -4,9 +4,9 @@
 //! Why: a device that takes a release from a site peer is bound by CPU, not by the LAN. On the
 //! libp2p connection every chunk crosses noise (ChaCha20-Poly1305 only), yamux framing, a
 //! request-response stream opened and negotiated per batch, and the swarm's event loop; in the
-//! LAN bench (`bench_lan`, 1 GiB between two nodes on one 2-core host) that path used ~4.6 s of
-//! CPU per GiB (both nodes), ChaCha20-Poly1305 alone ~0.85 s of it, and moved the release at
-//! 0.36-0.40 of the speed of a plain TCP copy. A lane carries only chunk requests and answers
+//! LAN bench (`bench_lan`, 1 GiB between two nodes on one 2-core host) that path used 4.5-4.7 s
+//! of CPU per GiB (both nodes), ChaCha20-Poly1305 alone ~0.85 s of it, and moved the release at
+//! 0.36-0.40 of the speed of a plain TCP copy; on a lane, 3.2-3.6 s and 0.55-0.65. A lane carries only chunk requests and answers
 //! ([`frame`]) inside TLS 1.3 with AES-GCM ([`tls`]), pipelined on one connection, read and
 //! written by a task of its own off the event loop.
 //!
