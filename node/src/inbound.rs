@@ -70,7 +70,9 @@ impl EventLoop {
                     let port = l.port;
                     self.reply(channel, Response::Lane(port));
                 }
-                _ => self.refuse(peer, channel, "no lane for this peer: not a site member over the LAN, or lanes are off here"),
+                Some(_) => self.refuse(peer, channel, "lanes are for members of this site over the LAN"),
+                // Not a refusal of the peer: this node has no lane (`bulk_lane = false`).
+                None => self.reply(channel, Response::Refused("no lane here: chunks go over this connection".into())),
             },
             Request::Chunks(ids) => {
                 let allowed = match self.cfg.role {

@@ -64,6 +64,8 @@ fn a_device_without_a_lane_still_shares_over_libp2p() {
     println!("no-lane device: {} chunks from peers, {} from the seed", s["chunks_from_peers"], s["chunks_from_seed"]);
     assert!(s["lane_port"].is_null(), "bulk_lane = false, yet a lane: {s}");
     assert_eq!(s["lane_answers"].as_u64(), Some(0));
+    // The holder asked it for a lane; having none is not a refusal of the peer.
+    assert_eq!(s["refused_requests"].as_u64(), Some(0), "{s}");
     assert!(s["chunks_from_peers"].as_u64().expect("n") > 0, "nothing came from the site peer: {s}");
     assert!(s["traffic"]["metered_in"].as_u64().expect("n") < RELEASE as u64 / 20, "the release crossed the metered link: {s}");
     assert!(every_chunk_matches_its_name(&d.home) > 0);

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 /// A lane with nothing asked for this long is closed (a site of 50 holds 49 lanes per member
 /// while it moves a release, none after).
-const IDLE: Duration = Duration::from_secs(5);
+pub(crate) const IDLE: Duration = Duration::from_secs(5);
 use tokio::sync::mpsc;
 
 /// A batch of chunk ids, numbered by the event loop.
@@ -55,6 +55,8 @@ pub(crate) struct Dial {
     pub(crate) identity: Arc<Identity>,
     pub(crate) classifier: Arc<Classifier>,
     pub(crate) timeout: Duration,
+    /// Nothing asked for this long closes the lane ([`IDLE`]).
+    pub(crate) idle: Duration,
 }
 
 /// Open a lane to `d.peer` in the background.
@@ -106,9 +108,10 @@ async fn run(d: Dial, mut jobs: mpsc::UnboundedReceiver<Job>, done: &mpsc::Sende
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Job>();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let waiting = in_flight.clone();
+    let idle = d.idle;
     let writer = async move {
         loop {
-            let job = match tokio::time::timeout(IDLE, jobs.recv()).await {
+            let job = match tokio::time::timeout(idle, jobs.recv()).await {
                 Ok(Some(job)) => job,
                 Ok(None) => break,
                 // Idle: close (a batch queued meanwhile is asked again by the event loop).

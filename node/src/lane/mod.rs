@@ -155,6 +155,7 @@ impl EventLoop {
                     identity: l.identity.clone(),
                     classifier: self.classifier.clone(),
                     timeout: self.cfg.request_timeout,
+                    idle: client::IDLE,
                 };
                 l.clients.insert(peer, client::spawn(dial, self.done_tx.clone()));
             }

@@ -5,9 +5,10 @@
 //! keeps there the site members connected over a LAN link (the same rule as chunk requests on
 //! the exchange protocol, see [`crate::inbound`]) and takes a peer out when it disconnects or is
 //! banned; the set is looked at again before every request. A connection whose addresses class
-//! it as metered is closed before its handshake. At most [`MAX_LANES`] lanes are open at once,
-//! a handshake gets [`HANDSHAKE_TIMEOUT`], and a lane idle for [`IDLE`] is closed (the asking
-//! side opens a new one when it needs it).
+//! it as metered is closed before its handshake. At most [`MAX_LANES`] lanes are open at once
+//! and [`PER_PEER`] per peer, a handshake gets [`HANDSHAKE_TIMEOUT`], an answer
+//! [`WRITE_TIMEOUT`] to be written, and a lane idle for [`IDLE`] is closed (the asking side
+//! opens a new one when it needs it).
 
 use super::frame;
 use super::tls::{Identity, peer_of};
@@ -17,8 +18,8 @@ use futures::AsyncReadExt;
 use layerhop_protocol::wire::ChunkReply;
 use layerhop_store::Store;
 use libp2p::PeerId;
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -28,20 +29,55 @@ pub(crate) const MAX_LANES: usize = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A lane with no request for this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
+/// Lanes one peer may have open at once (as its libp2p connections).
+const PER_PEER: usize = 2;
+/// Time to write one answer (up to 16 chunks): a member that stops reading is let go.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The peers lanes are served to (see the module docs).
+/// The peers lanes are served to (see the module docs), and how many lanes each has open.
 #[derive(Default)]
-pub(crate) struct Access(RwLock<HashSet<PeerId>>);
+pub(crate) struct Access {
+    allowed: RwLock<HashSet<PeerId>>,
+    open: Mutex<HashMap<PeerId, usize>>,
+}
 
 impl Access {
     pub(crate) fn allow(&self, p: PeerId) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(p);
+        self.allowed.write().unwrap_or_else(|e| e.into_inner()).insert(p);
     }
     pub(crate) fn deny(&self, p: &PeerId) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(p);
+        self.allowed.write().unwrap_or_else(|e| e.into_inner()).remove(p);
     }
     fn allowed(&self, p: &PeerId) -> bool {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(p)
+        self.allowed.read().unwrap_or_else(|e| e.into_inner()).contains(p)
+    }
+    /// Count a lane of `p` open while the guard lives; none if it has [`PER_PEER`] already.
+    fn enter(self: &Arc<Self>, p: PeerId) -> Option<Entered> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(p).or_default();
+        if *n >= PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Entered { access: self.clone(), peer: p })
+    }
+}
+
+/// A lane counted open (see [`Access::enter`]).
+struct Entered {
+    access: Arc<Access>,
+    peer: PeerId,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let mut open = self.access.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -98,6 +134,9 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
         .map_err(|e| format!("TLS handshake: {e}"))?;
     let peer = peer_of(tls.get_ref().1).ok_or("no peer certificate")?;
     s.classifier.bind(peer, class, &link);
+    let Some(_entered) = s.access.enter(peer) else {
+        return Err(format!("{peer} has {PER_PEER} lanes open already"));
+    };
     let (mut rd, mut wr) = tls.split();
     loop {
         let ids = match tokio::time::timeout(IDLE, frame::read_request(&mut rd)).await {
@@ -116,7 +155,10 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
             ChunkReply::Missing => (n, b),
         });
         s.served.add(n, bytes);
-        frame::write_replies(&mut wr, &replies).await.map_err(|e| format!("{peer}: {e}"))?;
+        match tokio::time::timeout(WRITE_TIMEOUT, frame::write_replies(&mut wr, &replies)).await {
+            Ok(r) => r.map_err(|e| format!("{peer}: {e}"))?,
+            Err(_) => return Err(format!("{peer} read nothing of an answer for {} s", WRITE_TIMEOUT.as_secs())),
+        }
     }
 }
 

@@ -48,7 +48,7 @@ async fn server() -> Server {
 /// after the handshake.
 async fn ask(key: &Keypair, addr: SocketAddr, peer: PeerId, classifier: Arc<Classifier>, ids: Vec<ChunkId>) -> Event {
     let (tx, mut rx) = mpsc::channel(16);
-    let dial = Dial { peer, addr, generation: 1, identity: Arc::new(Identity::new(key).expect("identity")), classifier, timeout: Duration::from_secs(10) };
+    let dial = Dial { peer, addr, generation: 1, identity: Arc::new(Identity::new(key).expect("identity")), classifier, timeout: Duration::from_secs(10), idle: client::IDLE };
     let c = client::spawn(dial, tx);
     assert!(c.send(Job { req: 7, ids }));
     loop {
@@ -125,7 +125,7 @@ async fn an_idle_lane_closes_itself_without_blame() {
     let me = Keypair::generate_ed25519();
     s.access.allow(me.public().to_peer_id());
     let (tx, mut rx) = mpsc::channel(16);
-    let dial = Dial { peer: s.peer, addr: s.addr, generation: 3, identity: Arc::new(Identity::new(&me).expect("identity")), classifier: lan(), timeout: Duration::from_secs(10) };
+    let dial = Dial { peer: s.peer, addr: s.addr, generation: 3, identity: Arc::new(Identity::new(&me).expect("identity")), classifier: lan(), timeout: Duration::from_secs(10), idle: client::IDLE };
     let c = client::spawn(dial, tx);
     assert!(c.send(Job { req: 1, ids: vec![s.id] }));
     let mut events = Vec::new();
@@ -137,4 +137,46 @@ async fn an_idle_lane_closes_itself_without_blame() {
         }
     }
     assert!(matches!(events.as_slice(), [Event::Opened { generation: 3, .. }, Event::Answer { req: 1, .. }, Event::Closed { generation: 3, why: Failure::Idle, .. }]), "{events:?}");
+}
+
+/// Open a lane to `s` as `me` and ask for its chunk: the lane's handle, its events, and the
+/// first event after the handshake.
+async fn open(s: &Server, me: &Keypair, generation: u64) -> (client::Client, mpsc::Receiver<Done>, Event) {
+    let (tx, mut rx) = mpsc::channel(16);
+    // Lanes that stay open for the whole test.
+    let dial = Dial { peer: s.peer, addr: s.addr, generation, identity: Arc::new(Identity::new(me).expect("identity")), classifier: lan(), timeout: Duration::from_secs(10), idle: Duration::from_secs(600) };
+    let c = client::spawn(dial, tx);
+    assert!(c.send(Job { req: generation, ids: vec![s.id] }));
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+            Ok(Some(Done::Lane(Event::Opened { .. }))) => continue,
+            Ok(Some(Done::Lane(e))) => return (c, rx, e),
+            _ => panic!("no lane event"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_gets_two_lanes_at_once_not_three() {
+    let s = server().await;
+    let me = Keypair::generate_ed25519();
+    s.access.allow(me.public().to_peer_id());
+    let (first, mut first_events, e1) = open(&s, &me, 1).await;
+    let (_second, _second_events, e2) = open(&s, &me, 2).await;
+    assert!(matches!((&e1, &e2), (Event::Answer { .. }, Event::Answer { .. })), "{e1:?} {e2:?}");
+    let (_, _, e3) = open(&s, &me, 3).await;
+    assert!(matches!(e3, Event::Closed { why: Failure::Lost(_), .. }), "a third lane was served: {e3:?}");
+    // Once one closes, a new one is served.
+    drop(first);
+    while !matches!(first_events.recv().await, Some(Done::Lane(Event::Closed { .. })) | None) {}
+    // The server notices the close when it reads the end of the stream: poll with a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut g = 4;
+    loop {
+        if let (_, _, Event::Answer { .. }) = open(&s, &me, g).await {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no lane was served after one closed");
+        g += 1;
+    }
 }
