@@ -94,6 +94,24 @@ struct PeerBook {
     closed: (u64, u64),
 }
 
+impl PeerBook {
+    /// Count `link` in this book, folding connections that are gone (only this book holds
+    /// them) into `closed` first: lanes open and close many times over a peer's connection.
+    fn add(&mut self, link: Arc<LinkBytes>) {
+        let closed = &mut self.closed;
+        self.live.retain(|l| {
+            if Arc::strong_count(l) > 1 {
+                return true;
+            }
+            let (i, o) = l.read();
+            closed.0 += i;
+            closed.1 += o;
+            false
+        });
+        self.live.push(link);
+    }
+}
+
 /// Peers whose books are kept; past this the quietest (no live connection) are forgotten.
 const MAX_PEER_BOOKS: usize = 100_000;
 
@@ -181,18 +199,21 @@ impl Classifier {
         })
     }
 
+    /// The rule: every link of a seed, a link to a seed address, and one leaving through a
+    /// metered interface are metered; the rest is LAN.
+    fn class_for(&self, remote: Option<SocketAddr>, local: Option<SocketAddr>) -> LinkClass {
+        if self.all_metered || remote.is_some_and(|r| self.seed_addrs.contains(&r)) || local.is_some_and(|l| self.on_metered_interface(l.ip())) {
+            LinkClass::Metered
+        } else {
+            LinkClass::Lan
+        }
+    }
+
     /// Decide the class of a new TCP connection from its endpoint and local address, and open
     /// its per-connection counters (bound to a peer by [`Classifier::connected`]).
     pub fn decide(&self, endpoint: &ConnectedPoint, local: Option<SocketAddr>) -> (LinkClass, Arc<LinkBytes>) {
         let remote = Self::remote_of(endpoint);
-        let class = if self.all_metered
-            || remote.is_some_and(|r| self.seed_addrs.contains(&r))
-            || local.is_some_and(|l| self.on_metered_interface(l.ip()))
-        {
-            LinkClass::Metered
-        } else {
-            LinkClass::Lan
-        };
+        let class = self.class_for(remote, local);
         if let (Some(r), Ok(mut d)) = (remote, self.decided.lock()) {
             if d.len() > 4096 {
                 d.clear();
@@ -223,17 +244,9 @@ impl Classifier {
             }
             let book = peers.entry(peer).or_default();
             book.class = Some(class);
-            // Fold connections that are gone (only this book holds them) into `closed`.
-            book.live.retain(|l| {
-                if Arc::strong_count(l) > 1 {
-                    return true;
-                }
-                let (i, o) = l.read();
-                book.closed.0 += i;
-                book.closed.1 += o;
-                false
-            });
-            book.live.extend(link);
+            if let Some(link) = link {
+                book.add(link);
+            }
         }
         class
     }
@@ -242,12 +255,7 @@ impl Classifier {
     /// rules as the swarm's connections, and open its counters (bound to a peer by
     /// [`Classifier::bind`] once its handshake proved who it is). The lane refuses a metered one.
     pub fn lane(&self, remote: SocketAddr, local: SocketAddr) -> (LinkClass, Arc<LinkBytes>) {
-        let class = if self.all_metered || self.seed_addrs.contains(&remote) || self.on_metered_interface(local.ip()) {
-            LinkClass::Metered
-        } else {
-            LinkClass::Lan
-        };
-        (class, Arc::new(LinkBytes::default()))
+        (self.class_for(Some(remote), Some(local)), Arc::new(LinkBytes::default()))
     }
 
     /// From now on (and since it was opened), `link` counts towards `peer`.
@@ -255,7 +263,7 @@ impl Classifier {
         if let Ok(mut peers) = self.peers.lock() {
             let book = peers.entry(peer).or_default();
             book.class.get_or_insert(class);
-            book.live.push(link.clone());
+            book.add(link.clone());
         }
     }
 
@@ -284,7 +292,7 @@ impl Classifier {
         {
             return *c;
         }
-        if self.all_metered || remote.is_some_and(|r| self.seed_addrs.contains(&r)) { LinkClass::Metered } else { LinkClass::Lan }
+        self.class_for(remote, None)
     }
 }
 
