@@ -10,6 +10,9 @@ use crate::event_loop::{Done, Enrolled, EventLoop};
 use crate::traffic::LinkClass;
 use layerhop_protocol::wire::{ChunkReply, Hello, PeerInfo, Request, Response};
 use libp2p::request_response::ResponseChannel;
+use crate::status::ServedCounters;
+use layerhop_protocol::ChunkId;
+use layerhop_store::Store;
 use libp2p::{Multiaddr, PeerId};
 
 impl EventLoop {
@@ -91,12 +94,7 @@ impl EventLoop {
                 let done = self.done_tx.clone();
                 let served = self.served.clone();
                 tokio::task::spawn_blocking(move || {
-                    let replies = crate::lane::server::read_chunks(&store, &ids);
-                    let (n, bytes) = replies.iter().fold((0, 0), |(n, b), r| match r {
-                        ChunkReply::Raw(x) | ChunkReply::Zstd(x) => (n + 1, b + x.len() as u64),
-                        ChunkReply::Missing => (n, b),
-                    });
-                    served.add(n, bytes);
+                    let replies = serve_chunks(&store, &ids, &served);
                     let _ = done.blocking_send(Done::Serve { channel, response: Response::Chunks(replies) });
                 });
             }
@@ -186,4 +184,27 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// The chunks asked for, as answers to a peer (on the exchange protocol or a lane): each
+/// verified as it is read, compressed when that pays, missing when not held; counted in
+/// `served`.
+pub(crate) fn serve_chunks(store: &Store, ids: &[ChunkId], served: &ServedCounters) -> Vec<ChunkReply> {
+    let replies: Vec<ChunkReply> = ids
+        .iter()
+        .map(|id| match store.get(id) {
+            Ok(Some(bytes)) => crate::codec::compress(bytes),
+            Ok(None) => ChunkReply::Missing,
+            Err(e) => {
+                tracing::error!(chunk = %id, error = %e, "cannot read chunk to serve");
+                ChunkReply::Missing
+            }
+        })
+        .collect();
+    let (n, bytes) = replies.iter().fold((0, 0), |(n, b), r| match r {
+        ChunkReply::Raw(x) | ChunkReply::Zstd(x) => (n + 1, b + x.len() as u64),
+        ChunkReply::Missing => (n, b),
+    });
+    served.add(n, bytes);
+    replies
 }

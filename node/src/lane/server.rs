@@ -15,7 +15,6 @@ use super::tls::{Identity, peer_of};
 use crate::status::ServedCounters;
 use crate::traffic::{Classifier, Counted, LinkClass};
 use futures::AsyncReadExt;
-use layerhop_protocol::wire::ChunkReply;
 use layerhop_store::Store;
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
@@ -148,31 +147,11 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
         if !s.access.allowed(&peer) {
             return Err(format!("{peer} is not a site member reached over the LAN"));
         }
-        let store = s.store.clone();
-        let replies = tokio::task::spawn_blocking(move || read_chunks(&store, &ids)).await.map_err(|e| e.to_string())?;
-        let (n, bytes) = replies.iter().fold((0, 0), |(n, b), r| match r {
-            ChunkReply::Raw(x) | ChunkReply::Zstd(x) => (n + 1, b + x.len() as u64),
-            ChunkReply::Missing => (n, b),
-        });
-        s.served.add(n, bytes);
+        let (store, served) = (s.store.clone(), s.served.clone());
+        let replies = tokio::task::spawn_blocking(move || crate::inbound::serve_chunks(&store, &ids, &served)).await.map_err(|e| e.to_string())?;
         match tokio::time::timeout(WRITE_TIMEOUT, frame::write_replies(&mut wr, &replies)).await {
             Ok(r) => r.map_err(|e| format!("{peer}: {e}"))?,
             Err(_) => return Err(format!("{peer} read nothing of an answer for {} s", WRITE_TIMEOUT.as_secs())),
         }
     }
-}
-
-/// The chunks asked for, as the exchange protocol answers them (verified as read; compressed
-/// when that pays).
-pub(crate) fn read_chunks(store: &Store, ids: &[layerhop_protocol::ChunkId]) -> Vec<ChunkReply> {
-    ids.iter()
-        .map(|id| match store.get(id) {
-            Ok(Some(bytes)) => crate::codec::compress(bytes),
-            Ok(None) => ChunkReply::Missing,
-            Err(e) => {
-                tracing::error!(chunk = %id, error = %e, "cannot read chunk to serve");
-                ChunkReply::Missing
-            }
-        })
-        .collect()
 }
