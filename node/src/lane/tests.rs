@@ -44,13 +44,15 @@ async fn server() -> Server {
     Server { addr: SocketAddr::from(([127, 0, 0, 1], port)), peer: key.public().to_peer_id(), access, data, id, _dir: dir }
 }
 
-/// Ask `ids` of the server at `addr` as `key`, expecting `peer` there; the first event back
-/// after the handshake.
-async fn ask(key: &Keypair, addr: SocketAddr, peer: PeerId, classifier: Arc<Classifier>, ids: Vec<ChunkId>) -> Event {
-    let (tx, mut rx) = mpsc::channel(16);
-    let dial = Dial { peer, addr, generation: 1, identity: Arc::new(Identity::new(key).expect("identity")), classifier, timeout: Duration::from_secs(10), idle: client::IDLE };
-    let c = client::spawn(dial, tx);
-    assert!(c.send(Job { req: 7, ids }));
+/// A lane to `peer` at `addr` as `key` (closing after `idle` with nothing asked), and its events.
+fn lane(key: &Keypair, addr: SocketAddr, peer: PeerId, classifier: Arc<Classifier>, generation: u64, idle: Duration) -> (client::Client, mpsc::Receiver<Done>) {
+    let (tx, rx) = mpsc::channel(16);
+    let identity = Arc::new(Identity::new(key).expect("identity"));
+    (client::spawn(Dial { peer, addr, generation, identity, classifier, timeout: Duration::from_secs(10), idle }, tx), rx)
+}
+
+/// The lane's next event after its handshake.
+async fn next(rx: &mut mpsc::Receiver<Done>) -> Event {
     loop {
         match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
             Ok(Some(Done::Lane(Event::Opened { .. }))) => continue,
@@ -61,6 +63,21 @@ async fn ask(key: &Keypair, addr: SocketAddr, peer: PeerId, classifier: Arc<Clas
     }
 }
 
+/// Ask `ids` of the server at `addr` as `key`, expecting `peer` there; the first event back
+/// after the handshake.
+async fn ask(key: &Keypair, addr: SocketAddr, peer: PeerId, classifier: Arc<Classifier>, ids: Vec<ChunkId>) -> Event {
+    let (c, mut rx) = lane(key, addr, peer, classifier, 1, client::IDLE);
+    assert!(c.send(Job { req: 7, ids }));
+    next(&mut rx).await
+}
+
+/// A new peer the server `s` serves.
+fn member(s: &Server) -> Keypair {
+    let me = Keypair::generate_ed25519();
+    s.access.allow(me.public().to_peer_id());
+    me
+}
+
 fn lan() -> Arc<Classifier> {
     Classifier::new(false, &[], &[])
 }
@@ -68,8 +85,7 @@ fn lan() -> Arc<Classifier> {
 #[tokio::test]
 async fn a_member_gets_verified_chunks_and_missing_ones_are_said() {
     let s = server().await;
-    let me = Keypair::generate_ed25519();
-    s.access.allow(me.public().to_peer_id());
+    let me = member(&s);
     let missing = ChunkId::of(b"not held");
     match ask(&me, s.addr, s.peer, lan(), vec![s.id, missing]).await {
         Event::Answer { peer, req, replies } => {
@@ -96,8 +112,7 @@ async fn a_peer_not_allowed_is_not_served() {
 #[tokio::test]
 async fn a_server_that_is_not_the_expected_peer_is_refused() {
     let s = server().await;
-    let me = Keypair::generate_ed25519();
-    s.access.allow(me.public().to_peer_id());
+    let me = member(&s);
     let someone_else = Keypair::generate_ed25519().public().to_peer_id();
     match ask(&me, s.addr, someone_else, lan(), vec![s.id]).await {
         Event::Closed { why: Failure::Lost(why), .. } => assert!(why.contains("TLS handshake"), "{why}"),
@@ -108,8 +123,7 @@ async fn a_server_that_is_not_the_expected_peer_is_refused() {
 #[tokio::test]
 async fn a_lane_over_a_metered_link_is_not_opened() {
     let s = server().await;
-    let me = Keypair::generate_ed25519();
-    s.access.allow(me.public().to_peer_id());
+    let me = member(&s);
     // The server's address is a seed address to this classifier: the link is metered.
     let metered = Classifier::new(false, &[format!("/ip4/127.0.0.1/tcp/{}", s.addr.port()).parse().expect("addr")], &[]);
     match ask(&me, s.addr, s.peer, metered.clone(), vec![s.id]).await {
@@ -122,11 +136,8 @@ async fn a_lane_over_a_metered_link_is_not_opened() {
 #[tokio::test]
 async fn an_idle_lane_closes_itself_without_blame() {
     let s = server().await;
-    let me = Keypair::generate_ed25519();
-    s.access.allow(me.public().to_peer_id());
-    let (tx, mut rx) = mpsc::channel(16);
-    let dial = Dial { peer: s.peer, addr: s.addr, generation: 3, identity: Arc::new(Identity::new(&me).expect("identity")), classifier: lan(), timeout: Duration::from_secs(10), idle: client::IDLE };
-    let c = client::spawn(dial, tx);
+    let me = member(&s);
+    let (c, mut rx) = lane(&me, s.addr, s.peer, lan(), 3, client::IDLE);
     assert!(c.send(Job { req: 1, ids: vec![s.id] }));
     let mut events = Vec::new();
     while let Ok(Some(Done::Lane(e))) = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
@@ -139,28 +150,19 @@ async fn an_idle_lane_closes_itself_without_blame() {
     assert!(matches!(events.as_slice(), [Event::Opened { generation: 3, .. }, Event::Answer { req: 1, .. }, Event::Closed { generation: 3, why: Failure::Idle, .. }]), "{events:?}");
 }
 
-/// Open a lane to `s` as `me` and ask for its chunk: the lane's handle, its events, and the
-/// first event after the handshake.
+/// Open a lane to `s` as `me` that stays open for the whole test, and ask for its chunk: the
+/// lane's handle, its events, and the first event after the handshake.
 async fn open(s: &Server, me: &Keypair, generation: u64) -> (client::Client, mpsc::Receiver<Done>, Event) {
-    let (tx, mut rx) = mpsc::channel(16);
-    // Lanes that stay open for the whole test.
-    let dial = Dial { peer: s.peer, addr: s.addr, generation, identity: Arc::new(Identity::new(me).expect("identity")), classifier: lan(), timeout: Duration::from_secs(10), idle: Duration::from_secs(600) };
-    let c = client::spawn(dial, tx);
+    let (c, mut rx) = lane(me, s.addr, s.peer, lan(), generation, Duration::from_secs(600));
     assert!(c.send(Job { req: generation, ids: vec![s.id] }));
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
-            Ok(Some(Done::Lane(Event::Opened { .. }))) => continue,
-            Ok(Some(Done::Lane(e))) => return (c, rx, e),
-            _ => panic!("no lane event"),
-        }
-    }
+    let e = next(&mut rx).await;
+    (c, rx, e)
 }
 
 #[tokio::test]
 async fn a_peer_gets_two_lanes_at_once_not_three() {
     let s = server().await;
-    let me = Keypair::generate_ed25519();
-    s.access.allow(me.public().to_peer_id());
+    let me = member(&s);
     let (first, mut first_events, e1) = open(&s, &me, 1).await;
     let (_second, _second_events, e2) = open(&s, &me, 2).await;
     assert!(matches!((&e1, &e2), (Event::Answer { .. }, Event::Answer { .. })), "{e1:?} {e2:?}");
