@@ -171,6 +171,14 @@ fn sink(port: u16, to: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// Write back every dirty page before a timed phase: the set-up leaves gigabytes of them (the
+/// release, the seed's store, A's store, the copy), and the kernel throttles a writer while it
+/// flushes someone else's, so without this a phase pays for the one before at random.
+fn settle() {
+    // SAFETY: sync takes no arguments and only schedules and waits for writeback.
+    unsafe { libc::sync() };
+}
+
 fn peak_rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -224,8 +232,11 @@ fn main() -> Result<()> {
     run(&bin, &["publish", "--home", &h("seed"), "--channel", "bench", &file_dir.to_string_lossy()])?;
     eprintln!("device A fetching {} MiB from the seed (set-up, not timed)", args.size_mib);
     wait("device A", Duration::from_secs(1800), || complete(&rt, &root.join("a")))?;
+    settle();
     let tcp_null = tcp_copy(&me, &file, None)?;
+    settle();
     let tcp = tcp_copy(&me, &file, Some(&root.join("tcp-copy.bin")))?;
+    settle();
     eprintln!("device B fetching over the LAN from A (timed)");
     let sender_cpu_before = cpu_seconds(a.0.id());
     let started = Instant::now();
