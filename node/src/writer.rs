@@ -2,7 +2,8 @@
 //! waits on the disk and the network never waits for a flush.
 //!
 //! - `chunk-writer` decompresses and verifies each received chunk and stages it (the store's
-//!   `stage`: appended to a pack file), then tells the event loop how
+//!   `stage_many`: appended to a pack file, what its queue holds in one write, see
+//!   [`BATCH_BYTES`]), then tells the event loop how
 //!   many chunks left its queue ([`Done::Staged`]): the scheduler's backpressure counts only
 //!   chunks waiting here, in memory, which are also all a `kill -9` can lose (staged chunks are
 //!   adopted from their pack at the next start).
@@ -36,6 +37,16 @@ pub(crate) const QUEUE: usize = 8192;
 /// Staged chunks waiting for a sync at most (the writer waits beyond): up to 64 MiB of
 /// 256 KiB chunks, 16 MiB at the average chunk size.
 const STAGED_MAX: usize = 256;
+/// The writer stages what its queue holds, up to this many bytes (or [`BATCH_CHUNKS`]), with
+/// one write (see `layerhop_store::Store::stage_many`): fewer, larger writes cost the kernel
+/// less, and each chunk is still in the core's cache when it is copied after being hashed.
+/// Measured on the LAN bench (1 GiB, runs alternating between builds): a write per chunk took
+/// a median of 1.62-1.65 s, batches of 120-350 KB 1.50 s (receiver CPU 1.50 s against 1.65 s);
+/// batches of 1 MiB 2.1-2.6 s, with the kernel's copy into the page cache five times as
+/// costly (likely, not verified: a whole batch hashed before any of it is copied has left the
+/// core's 1 MiB L2 cache).
+const BATCH_BYTES: usize = 256 << 10;
+const BATCH_CHUNKS: usize = 64;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// A failed sync is retried after this (nothing was named; the staged files stay).
@@ -85,11 +96,12 @@ fn set(flag: &Mutex<Option<String>>, v: Option<String>) {
     *flag.lock().unwrap_or_else(|e| e.into_inner()) = v;
 }
 
-/// Stage `bytes`, waiting out a full disk: Ok(true) staged, Ok(false) held already.
-fn stage(store: &Store, id: &ChunkId, bytes: &[u8], flag: &Mutex<Option<String>>) -> Result<bool, layerhop_store::Error> {
+/// Stage a batch, waiting out a full disk: per chunk Ok(true) staged, Ok(false) held
+/// already, or why it was refused; `Err` when the write failed otherwise (none was staged).
+fn stage(store: &Store, batch: &[(ChunkId, &[u8])], flag: &Mutex<Option<String>>) -> Result<Vec<Result<bool, layerhop_store::Error>>, layerhop_store::Error> {
     let mut delay = FIRST_RETRY;
     loop {
-        match store.stage(id, bytes) {
+        match store.stage_many(batch) {
             Err(e) if e.is_disk_full() => {
                 let was_full = flag.lock().map(|g| g.is_some()).unwrap_or(true);
                 if !was_full {
@@ -121,43 +133,59 @@ pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Res
         // Chunks taken from the queue and not yet reported as such: told in one message once
         // the queue is empty (or every 16), not one per chunk.
         let mut left = 0;
+        let mut batch: Vec<(Staged, Vec<u8>)> = Vec::with_capacity(BATCH_CHUNKS);
         loop {
-            let x = match rx.try_recv() {
-                Ok(x) => x,
-                Err(_) => {
-                    if left > 0 {
-                        let _ = w_done.blocking_send(Done::Staged(std::mem::take(&mut left)));
+            // What the queue holds, up to a batch; waiting only when it is empty.
+            let mut bytes = 0;
+            while batch.len() < BATCH_CHUNKS && bytes < BATCH_BYTES {
+                let x = match rx.try_recv() {
+                    Ok(x) => x,
+                    Err(_) if !batch.is_empty() => break,
+                    Err(_) => {
+                        if left > 0 {
+                            let _ = w_done.blocking_send(Done::Staged(std::mem::take(&mut left)));
+                        }
+                        match rx.blocking_recv() {
+                            Some(x) => x,
+                            None => return,
+                        }
                     }
-                    match rx.blocking_recv() {
-                        Some(x) => x,
-                        None => break,
+                };
+                left += 1;
+                let Incoming { channel, id, reply, source, entry } = x;
+                match crate::codec::decompress(reply) {
+                    Some(Ok(b)) => {
+                        bytes += b.len();
+                        batch.push((Staged { channel, id, source, entry }, b));
                     }
+                    Some(Err(e)) => {
+                        let result = Err(format!("undecodable compressed chunk: {e}"));
+                        let _ = w_done.blocking_send(Done::Stored { channel, id, result, source, below: None });
+                    }
+                    None => {}
                 }
-            };
+            }
             if left >= 16 {
                 let _ = w_done.blocking_send(Done::Staged(std::mem::take(&mut left)));
             }
-            left += 1;
-            let bytes = match crate::codec::decompress(x.reply) {
-                Some(Ok(bytes)) => bytes,
-                Some(Err(e)) => {
-                    let result = Err(format!("undecodable compressed chunk: {e}"));
-                    let _ = w_done.blocking_send(Done::Stored { channel: x.channel, id: x.id, result, source: x.source, below: None });
-                    continue;
-                }
-                None => continue,
+            let items: Vec<(ChunkId, &[u8])> = batch.iter().map(|(x, b)| (x.id, b.as_slice())).collect();
+            let results = stage(&w_store, &items, &flag);
+            drop(items);
+            let results: Vec<Result<bool, String>> = match results {
+                Ok(r) => r.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
+                Err(e) => vec![Err(e.to_string()); batch.len()],
             };
-            match stage(&w_store, &x.id, &bytes, &flag) {
-                Ok(true) => {
-                    let s = Staged { channel: x.channel, id: x.id, source: x.source, entry: x.entry };
-                    drop(bytes);
-                    if staged_tx.send(s).is_err() {
-                        break;
+            for ((x, _), r) in batch.drain(..).zip(results) {
+                match r {
+                    Ok(true) => {
+                        if staged_tx.send(x).is_err() {
+                            return;
+                        }
                     }
+                    // Held already (it landed from elsewhere): stored, nothing to sync.
+                    Ok(false) => report(&w_store, &w_done, x.channel, x.id, Ok(()), x.source, x.entry),
+                    Err(e) => report(&w_store, &w_done, x.channel, x.id, Err(e), x.source, x.entry),
                 }
-                // Held already (it landed from elsewhere): stored, nothing to sync.
-                Ok(false) => report(&w_store, &w_done, x.channel, x.id, Ok(()), x.source, x.entry),
-                Err(e) => report(&w_store, &w_done, x.channel, x.id, Err(e.to_string()), x.source, x.entry),
             }
         }
     })?;

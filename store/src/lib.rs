@@ -328,17 +328,36 @@ impl Store {
     /// [`Store::commit_staged`] syncs and indexes them. Returns whether there is anything to
     /// commit (false: the chunk is held already).
     pub fn stage(&self, id: &ChunkId, bytes: &[u8]) -> Result<bool> {
-        if bytes.len() > limits::MAX_CHUNK {
-            return Err(Error::ChunkTooLarge { len: bytes.len(), limit: limits::MAX_CHUNK });
-        }
-        if !id.matches(bytes) {
-            return Err(Error::Mismatch { id: *id });
-        }
-        if self.has(id) {
-            return Ok(false);
-        }
-        self.packs.append(id, bytes)?;
-        Ok(true)
+        self.stage_many(&[(*id, bytes)])?.into_iter().next().unwrap_or(Ok(false))
+    }
+
+    /// [`Store::stage`] for many chunks, appended with one write: one result per chunk (a chunk
+    /// too large or not matching its id is refused, the others are staged). `Err` when the
+    /// write failed: then none of them is staged.
+    ///
+    /// "Held already" here asks only the index: a chunk the index does not know is staged even
+    /// if an unindexed chunk file holds it (a second copy, harmless), which spares a file-system
+    /// lookup per received chunk.
+    pub fn stage_many(&self, chunks: &[(ChunkId, &[u8])]) -> Result<Vec<Result<bool>>> {
+        let mut fresh: Vec<(ChunkId, &[u8])> = Vec::with_capacity(chunks.len());
+        let results: Vec<Result<bool>> = chunks
+            .iter()
+            .map(|&(id, bytes)| {
+                if bytes.len() > limits::MAX_CHUNK {
+                    return Err(Error::ChunkTooLarge { len: bytes.len(), limit: limits::MAX_CHUNK });
+                }
+                if !id.matches(bytes) {
+                    return Err(Error::Mismatch { id });
+                }
+                if !matches!(self.lookup(&id), Lookup::Unknown) {
+                    return Ok(false);
+                }
+                fresh.push((id, bytes));
+                Ok(true)
+            })
+            .collect();
+        self.packs.append(&fresh)?;
+        Ok(results)
     }
 
     /// Adopt the chunks a process that died had staged and not yet committed: pack records

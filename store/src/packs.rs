@@ -5,8 +5,8 @@
 //! per chunk cost the receiving node more CPU than the network and the hashing together
 //! (measured on the LAN bench, 1 GiB: receiver CPU 4.0-4.5 s with a file per chunk, 2.7-3.1 s
 //! appending to one file), and a device holding a terabyte would have needed millions of
-//! inodes. Appending to a pack is one write per chunk, made durable by one `fdatasync` of the
-//! pack per round, and reading a chunk back is one positional read.
+//! inodes. Appending to a pack is one write per batch of chunks, made durable by one
+//! `fdatasync` of the pack per round, and reading a chunk back is one positional read.
 //!
 //! Format: `packs/<n>.pack`, numbered from 1, each up to [`PACK_MAX`] bytes, a sequence of
 //! records: `MAGIC` (4 bytes), the chunk's length (u32 LE), its id (32 bytes), its bytes.
@@ -38,6 +38,28 @@ const MAGIC: [u8; 4] = *b"LHC1";
 pub const HEADER: usize = 4 + 4 + 32;
 /// A pack is closed once it would grow past this; the next record starts a new pack.
 const PACK_MAX: u64 = 256 << 20;
+
+fn header(id: &ChunkId, len: usize) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    h[8..].copy_from_slice(id.as_bytes());
+    h
+}
+
+/// Write every slice at `offset` on, as `pwritev` calls (a call may write less than asked).
+fn write_all_at(file: &File, mut slices: &mut [std::io::IoSlice], mut offset: u64) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        // At most IOV_MAX (1024 on Linux) slices per call.
+        let n = rustix::io::pwritev(file, &slices[..slices.len().min(1024)], offset)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        offset += n as u64;
+        std::io::IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
 
 /// Where a chunk's bytes are: pack number, offset of the bytes (past the header), length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,17 +132,29 @@ impl Packs {
         list(&self.dir)
     }
 
-    /// Append verified bytes; the chunk is pending until [`Packs::sync`]. A chunk pending
-    /// already is not appended again. On a failed write the pack is cut back to where the
-    /// record began, so it stays a sequence of whole records.
-    pub(crate) fn append(&self, id: &ChunkId, bytes: &[u8]) -> Result<()> {
+    /// Append verified chunks, all with one positional write; each is pending until
+    /// [`Packs::sync`]. A chunk pending already (or twice in `chunks`) is appended once. On a
+    /// failed write the pack is cut back to where the first record began, so it stays a
+    /// sequence of whole records and none of `chunks` is pending.
+    ///
+    /// One write for many records because the kernel's cost of a buffered write is mostly per
+    /// call and per page-cache folio, and a larger write gets larger folios: writing 1 GiB in
+    /// 80 KB writes (the average chunk) took 0.34-0.40 s of system time on the development
+    /// host, in 1 MiB writes 0.22 s.
+    pub(crate) fn append(&self, chunks: &[(ChunkId, &[u8])]) -> Result<()> {
         let mut a = lock(&self.appender);
-        if a.pending.contains_key(id) {
+        let mut fresh: Vec<&(ChunkId, &[u8])> = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            if !a.pending.contains_key(&c.0) && !fresh.iter().any(|f| f.0 == c.0) {
+                fresh.push(c);
+            }
+        }
+        if fresh.is_empty() {
             return Ok(());
         }
-        let record = (HEADER + bytes.len()) as u64;
+        let size: u64 = fresh.iter().map(|(_, b)| (HEADER + b.len()) as u64).sum();
         let (pack, file, start) = match a.current.take() {
-            Some((n, f, len)) if len + record <= PACK_MAX || len == 0 => (n, f, len),
+            Some((n, f, len)) if len + size <= PACK_MAX || len == 0 => (n, f, len),
             old => {
                 let next = old.map(|(n, _, _)| n).or(self.list()?.last().copied()).unwrap_or(0) + 1;
                 let path = self.path(next);
@@ -130,20 +164,24 @@ impl Packs {
                 (next, Arc::new(f), 0)
             }
         };
-        let mut header = [0u8; HEADER];
-        header[..4].copy_from_slice(&MAGIC);
-        header[4..8].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-        header[8..].copy_from_slice(id.as_bytes());
-        let written = file.write_all_at(&header, start).and_then(|()| file.write_all_at(bytes, start + HEADER as u64));
-        if let Err(e) = written {
+        let headers: Vec<[u8; HEADER]> = fresh.iter().map(|(id, bytes)| header(id, bytes.len())).collect();
+        let mut slices: Vec<std::io::IoSlice> = Vec::with_capacity(2 * fresh.len());
+        for (h, (_, bytes)) in headers.iter().zip(&fresh) {
+            slices.push(std::io::IoSlice::new(h));
+            slices.push(std::io::IoSlice::new(bytes));
+        }
+        if let Err(e) = write_all_at(&file, &mut slices, start) {
             let _ = file.set_len(start);
             a.current = Some((pack, file, start));
             return Err(Error::Io { op: "append to", path: self.path(pack), source: e });
         }
-        let end = start + record;
-        a.pending.insert(*id, Loc { pack, offset: start + HEADER as u64, len: bytes.len() as u32 });
-        a.dirty.insert(pack, end);
-        a.current = Some((pack, file, end));
+        let mut at = start;
+        for (id, bytes) in fresh {
+            a.pending.insert(*id, Loc { pack, offset: at + HEADER as u64, len: bytes.len() as u32 });
+            at += (HEADER + bytes.len()) as u64;
+        }
+        a.dirty.insert(pack, at);
+        a.current = Some((pack, file, at));
         Ok(())
     }
 

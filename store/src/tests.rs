@@ -225,6 +225,27 @@ fn staged_chunks_are_found_only_once_committed() {
     assert_eq!(s.chunk_count(), 1);
 }
 
+#[test]
+fn a_batch_is_staged_in_one_append_and_a_bad_chunk_in_it_refused_alone() {
+    let (_d, s) = store();
+    let (a, b) = (pseudo_random(70_000, 21), pseudo_random(90_000, 22));
+    let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
+    let held = pseudo_random(5_000, 23);
+    s.put(&ChunkId::of(&held), &held).expect("put");
+    let batch: Vec<(ChunkId, &[u8])> = vec![(ia, &a), (ChunkId::of(b"claimed"), &b), (ChunkId::of(&held), &held), (ib, &b), (ia, &a)];
+    let r = s.stage_many(&batch).expect("stage_many");
+    assert!(matches!(r[..], [Ok(true), Err(Error::Mismatch { .. }), Ok(false), Ok(true), Ok(true)]), "{r:?}");
+    assert!(!s.has(&ia) && !s.has(&ib), "staged chunks are not held before their sync");
+    let c = s.commit_staged(&[ia, ib]).expect("commit");
+    assert!(c.iter().all(|r| r.is_ok()), "{c:?}");
+    assert_eq!(s.get(&ia).expect("get").as_deref(), Some(&a[..]));
+    assert_eq!(s.get(&ib).expect("get").as_deref(), Some(&b[..]));
+    let records = packs::all_records(s.root()).expect("records");
+    let ids: Vec<ChunkId> = records.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![ia, ib], "one record per new chunk, in order, the repeated one once");
+    assert!(s.stage_many(&[]).expect("an empty batch").is_empty());
+}
+
 /// The packs' bytes past the last record's end, for tearing: (path, length).
 fn last_pack(root: &Path) -> (PathBuf, u64) {
     let mut packs: Vec<PathBuf> = std::fs::read_dir(root.join("packs")).expect("packs").flatten().map(|e| e.path()).collect();
