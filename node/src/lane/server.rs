@@ -8,13 +8,15 @@
 //! it as metered is closed before its handshake. At most [`MAX_LANES`] lanes are open at once
 //! and [`PER_PEER`] per peer, a handshake gets [`HANDSHAKE_TIMEOUT`], an answer
 //! [`WRITE_TIMEOUT`] to be written, and a lane idle for [`IDLE`] is closed (the asking side
-//! opens a new one when it needs it).
+//! opens a new one when it needs it). Requests are answered in order; the next answer is read
+//! from the store while one is written ([`AHEAD`]).
 
 use super::frame;
 use super::tls::{Identity, peer_of};
 use crate::status::ServedCounters;
 use crate::traffic::{Classifier, Counted, LinkClass};
 use futures::AsyncReadExt;
+use layerhop_protocol::wire::ChunkReply;
 use layerhop_store::Store;
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
@@ -32,6 +34,9 @@ const IDLE: Duration = Duration::from_secs(120);
 const PER_PEER: usize = 2;
 /// Time to write one answer (up to 16 chunks): a member that stops reading is let go.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Answers prepared while one is written: with two, a lane holds at most 2 × 16 chunks (8 MiB
+/// at the chunk bound) in memory.
+const AHEAD: usize = 1;
 
 /// The peers lanes are served to (see the module docs), and how many lanes each has open.
 #[derive(Default)]
@@ -137,21 +142,47 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
         return Err(format!("{peer} has {PER_PEER} lanes open already"));
     };
     let (mut rd, mut wr) = tls.split();
-    loop {
-        let ids = match tokio::time::timeout(IDLE, frame::read_request(&mut rd)).await {
-            Err(_) => return Ok(()),
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(ids))) => ids,
-            Ok(Err(e)) => return Err(format!("{peer}: {e}")),
-        };
-        if !s.access.allowed(&peer) {
-            return Err(format!("{peer} is not a site member reached over the LAN"));
+    // The next request is read, and its chunks read from the store, while an answer is
+    // written (AHEAD answers ahead at most): reading and hashing a batch overlaps encrypting and
+    // sending the one before.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Vec<ChunkReply>>>(AHEAD);
+    // Ends when the peer closes the lane or leaves it idle; `tx` goes with it, so the writer
+    // ends once it has written every answer asked for.
+    let reader = async move {
+        loop {
+            let ids = match tokio::time::timeout(IDLE, frame::read_request(&mut rd)).await {
+                Err(_) | Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(Some(ids))) => ids,
+                Ok(Err(e)) => return Err(format!("{peer}: {e}")),
+            };
+            if !s.access.allowed(&peer) {
+                return Err(format!("{peer} is not a site member reached over the LAN"));
+            }
+            // A slot first, so at most AHEAD answers wait in memory besides the one written.
+            let Ok(slot) = tx.reserve().await else { return Ok(()) };
+            let (store, served) = (s.store.clone(), s.served.clone());
+            slot.send(tokio::task::spawn_blocking(move || crate::inbound::serve_chunks(&store, &ids, &served)));
         }
-        let (store, served) = (s.store.clone(), s.served.clone());
-        let replies = tokio::task::spawn_blocking(move || crate::inbound::serve_chunks(&store, &ids, &served)).await.map_err(|e| e.to_string())?;
-        match tokio::time::timeout(WRITE_TIMEOUT, frame::write_replies(&mut wr, &replies)).await {
-            Ok(r) => r.map_err(|e| format!("{peer}: {e}"))?,
-            Err(_) => return Err(format!("{peer} read nothing of an answer for {} s", WRITE_TIMEOUT.as_secs())),
+    };
+    let writer = async move {
+        while let Some(next) = rx.recv().await {
+            let replies = next.await.map_err(|e| e.to_string())?;
+            match tokio::time::timeout(WRITE_TIMEOUT, frame::write_replies(&mut wr, &replies)).await {
+                Ok(r) => r.map_err(|e| format!("{peer}: {e}"))?,
+                Err(_) => return Err(format!("{peer} read nothing of an answer for {} s", WRITE_TIMEOUT.as_secs())),
+            }
+        }
+        Ok(())
+    };
+    tokio::pin!(reader, writer);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            r = &mut reader, if reading => {
+                r?;
+                reading = false;
+            }
+            w = &mut writer => return w,
         }
     }
 }
