@@ -93,8 +93,10 @@ impl EventLoop {
                 let store = self.store.clone();
                 let done = self.done_tx.clone();
                 let served = self.served.clone();
+                // The seed's answers cross the metered link: a bad one would be paid for again.
+                let read = if self.cfg.role == Role::Seed { Read::Verified } else { Read::ForPeer };
                 tokio::task::spawn_blocking(move || {
-                    let replies = serve_chunks(&store, &ids, &served);
+                    let replies = serve_chunks(&store, &ids, &served, read);
                     let _ = done.blocking_send(Done::Serve { channel, response: Response::Chunks(replies) });
                 });
             }
@@ -186,13 +188,22 @@ impl EventLoop {
     }
 }
 
-/// The chunks asked for, as answers to a peer (on the exchange protocol or a lane): each
-/// verified as it is read, compressed when that pays, missing when not held; counted in
-/// `served`.
-pub(crate) fn serve_chunks(store: &Store, ids: &[ChunkId], served: &ServedCounters) -> Vec<ChunkReply> {
+/// How chunks are read to be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// Every chunk hashed as it is read ([`Store::get`]).
+    Verified,
+    /// A chunk verified lately is not hashed again: the asking peer verifies it
+    /// ([`Store::get_for_peer`]).
+    ForPeer,
+}
+
+/// The chunks asked for, as answers to a peer (on the exchange protocol or a lane): read as
+/// `read` says, compressed when that pays, missing when not held; counted in `served`.
+pub(crate) fn serve_chunks(store: &Store, ids: &[ChunkId], served: &ServedCounters, read: Read) -> Vec<ChunkReply> {
     let replies: Vec<ChunkReply> = ids
         .iter()
-        .map(|id| match store.get(id) {
+        .map(|id| match if read == Read::Verified { store.get(id) } else { store.get_for_peer(id) } {
             Ok(Some(bytes)) => crate::codec::compress(bytes),
             Ok(None) => ChunkReply::Missing,
             Err(e) => {

@@ -25,6 +25,7 @@ pub mod error;
 pub mod export;
 mod fsutil;
 pub mod packs;
+mod recent;
 mod staging;
 pub mod hashing;
 pub mod import;
@@ -86,6 +87,8 @@ pub struct Store {
     import_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Whether an index write failed (logged once).
     index_failed: std::sync::atomic::AtomicBool,
+    /// Packed chunks verified lately (see [`Store::get_for_peer`]).
+    recent: Mutex<recent::Recent>,
 }
 
 impl std::fmt::Debug for Store {
@@ -148,6 +151,7 @@ impl Store {
             durable: std::sync::atomic::AtomicBool::new(true),
             import_read: Default::default(),
             index_failed: std::sync::atomic::AtomicBool::new(false),
+            recent: Mutex::default(),
         };
         if report.rebuilt {
             store.rebuild(&mut report)?;
@@ -357,6 +361,10 @@ impl Store {
             })
             .collect();
         self.packs.append(&fresh)?;
+        let mut recent = lock(&self.recent);
+        for (id, _) in &fresh {
+            recent.insert(*id);
+        }
         Ok(results)
     }
 
@@ -500,6 +508,22 @@ impl Store {
         }
     }
 
+    /// Read a chunk to answer a peer that verifies every chunk it receives: as [`Store::get`],
+    /// except that a packed chunk whose bytes this store verified lately (when it staged them,
+    /// or on an earlier read) is not hashed again (see [`recent`] for why this is safe enough
+    /// and what it saves). An answer that crosses a metered link should use [`Store::get`].
+    pub fn get_for_peer(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        match self.lookup(id) {
+            Lookup::Packed(loc) if lock(&self.recent).contains(id) => match self.packs.read(&loc) {
+                Ok(b) => Ok(Some(b)),
+                // Cut short, gone, unreadable: the verified path says what it is.
+                Err(_) => self.get_packed(id, &loc),
+            },
+            Lookup::Packed(loc) => self.get_packed(id, &loc),
+            Lookup::File | Lookup::Unknown => self.get(id),
+        }
+    }
+
     /// Read a packed chunk, verified; a damaged one (bytes that do not match, a pack cut short
     /// or gone) is forgotten (what is left of it stays in the pack, unreferenced) and reported
     /// absent so it is fetched again. Any other read error is returned: it says nothing about
@@ -508,12 +532,16 @@ impl Store {
     fn get_packed(&self, id: &ChunkId, loc: &Loc) -> Result<Option<Vec<u8>>> {
         use std::io::ErrorKind::{InvalidData, NotFound, UnexpectedEof};
         let why = match self.packs.read(loc) {
-            Ok(b) if id.matches(&b) => return Ok(Some(b)),
+            Ok(b) if id.matches(&b) => {
+                lock(&self.recent).insert(*id);
+                return Ok(Some(b));
+            }
             Ok(_) => "its bytes do not match its name".to_owned(),
             Err(e) if matches!(e.kind(), UnexpectedEof | InvalidData | NotFound) => e.to_string(),
             Err(e) => return Err(Error::Io { op: "read", path: self.packs.path(loc.pack), source: e }),
         };
         tracing::warn!(chunk = %id, pack = %self.packs.path(loc.pack).display(), offset = loc.offset, reason = %why, "packed chunk does not match its name; forgotten, will not be served");
+        lock(&self.recent).remove(id);
         lock(&self.unindexed).remove(id);
         if let Some(d) = lock(&self.degraded).as_mut() {
             d.remove(id);
@@ -561,6 +589,7 @@ impl Store {
 
     /// Forget and delete a chunk (a packed chunk's bytes stay in its pack, unreferenced).
     pub fn remove(&self, id: &ChunkId) -> Result<()> {
+        lock(&self.recent).remove(id);
         lock(&self.unindexed).remove(id);
         self.chunk_index.remove(id.as_bytes())?;
         self.files.remove(id)

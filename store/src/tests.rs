@@ -246,6 +246,36 @@ fn a_batch_is_staged_in_one_append_and_a_bad_chunk_in_it_refused_alone() {
     assert!(s.stage_many(&[]).expect("an empty batch").is_empty());
 }
 
+#[test]
+fn a_chunk_verified_lately_is_read_for_peers_without_hashing_and_any_other_read_verifies() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (pseudo_random(60_000, 31), pseudo_random(60_000, 32));
+    let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
+    // Flip a byte of a record's bytes in place, as a disk that rots would.
+    let rot = |root: &Path, id: ChunkId| {
+        let r = packs::all_records(root).expect("records").into_iter().find(|r| r.id == id).expect("record");
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(root.join("packs").join(format!("{:08}.pack", r.pack))).expect("open pack");
+        let mut byte = [0u8];
+        f.read_exact_at(&mut byte, r.offset + 100).expect("read");
+        f.write_all_at(&[!byte[0]], r.offset + 100).expect("rot");
+    };
+    {
+        let (s, _) = Store::open(dir.path()).expect("open");
+        s.stage_many(&[(ia, &a[..]), (ib, &b[..])]).expect("stage");
+        s.commit_staged(&[ia, ib]).expect("commit");
+        rot(dir.path(), ia);
+        let served = s.get_for_peer(&ia).expect("read").expect("held");
+        assert_ne!(served, a, "the rotted bytes are what is on disk");
+        assert!(!ia.matches(&served), "a chunk staged lately is served as read: the peer verifies it");
+        assert_eq!(s.get(&ia).expect("get"), None, "a read for this node verifies and forgets a damaged chunk");
+        assert_eq!(s.get_for_peer(&ia).expect("read"), None, "a forgotten chunk is not served");
+    }
+    rot(dir.path(), ib);
+    let (s, _) = Store::open(dir.path()).expect("reopen");
+    assert_eq!(s.get_for_peer(&ib).expect("read"), None, "after a restart nothing is trusted: the first read verifies");
+}
+
 /// The packs' bytes past the last record's end, for tearing: (path, length).
 fn last_pack(root: &Path) -> (PathBuf, u64) {
     let mut packs: Vec<PathBuf> = std::fs::read_dir(root.join("packs")).expect("packs").flatten().map(|e| e.path()).collect();

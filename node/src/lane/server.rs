@@ -161,7 +161,7 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
             // A slot first, so at most AHEAD answers wait in memory besides the one written.
             let Ok(slot) = tx.reserve().await else { return Ok(()) };
             let (store, served) = (s.store.clone(), s.served.clone());
-            slot.send(tokio::task::spawn_blocking(move || crate::inbound::serve_chunks(&store, &ids, &served)));
+            slot.send(tokio::task::spawn_blocking(move || crate::inbound::serve_chunks(&store, &ids, &served, crate::inbound::Read::ForPeer)));
         }
     };
     let writer = async move {
