@@ -61,6 +61,24 @@ fn write_all_at(file: &File, mut slices: &mut [std::io::IoSlice], mut offset: u6
     Ok(())
 }
 
+/// Read `len` bytes at `offset` into a new buffer, without zeroing it first (zeroing every
+/// chunk a node serves was ~4% of the serving node's CPU samples in a profile of the LAN bench).
+fn read_at(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The capacity may exceed `len`, and a read with it the record.
+    buf.truncate(len);
+    Ok(buf)
+}
+
 /// Where a chunk's bytes are: pack number, offset of the bytes (past the header), length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loc {
@@ -252,9 +270,7 @@ impl Packs {
                 }
             }
         };
-        let mut buf = vec![0u8; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.offset)?;
-        Ok(buf)
+        read_at(&file, loc.len as usize, loc.offset)
     }
 
     /// Cut a pack back to `len` (a torn last record).
