@@ -156,9 +156,10 @@ impl Packs {
     /// sequence of whole records and none of `chunks` is pending.
     ///
     /// One write for many records because the kernel's cost of a buffered write is mostly per
-    /// call and per page-cache folio, and a larger write gets larger folios: writing 1 GiB in
-    /// 80 KB writes (the average chunk) took 0.34-0.40 s of system time on the development
-    /// host, in 1 MiB writes 0.22 s.
+    /// call and per page-cache folio, and a larger write gets larger folios: a loop writing
+    /// 1 GiB in 80 KB writes (the average chunk) took 0.34-0.40 s of system time on the
+    /// development host, in 0.25-1.9 MB writes 0.21-0.23 s. (In 2 and 4 MiB writes it took
+    /// 1.9-2.8 s, all of it copying into the page cache: the callers keep batches small.)
     pub(crate) fn append(&self, chunks: &[(ChunkId, &[u8])]) -> Result<()> {
         let mut a = lock(&self.appender);
         let mut fresh: Vec<&(ChunkId, &[u8])> = Vec::with_capacity(chunks.len());

@@ -34,8 +34,8 @@ const IDLE: Duration = Duration::from_secs(120);
 const PER_PEER: usize = 2;
 /// Time to write one answer (up to 16 chunks): a member that stops reading is let go.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Answers prepared while one is written: with two, a lane holds at most 2 × 16 chunks (8 MiB
-/// at the chunk bound) in memory.
+/// Answers prepared while one is written: a lane holds at most `AHEAD + 1` answers of up to 16
+/// chunks in memory (8 MiB at the chunk bound).
 const AHEAD: usize = 1;
 
 /// The peers lanes are served to (see the module docs), and how many lanes each has open.

@@ -100,6 +100,32 @@ async fn a_member_gets_verified_chunks_and_missing_ones_are_said() {
 }
 
 #[tokio::test]
+async fn requests_sent_together_are_answered_in_order() {
+    let s = server().await;
+    let me = member(&s);
+    let missing = ChunkId::of(b"not held");
+    let (c, mut rx) = lane(&me, s.addr, s.peer, lan(), 1, client::IDLE);
+    // Alternating answers, so one out of order or lost shows.
+    let asks: Vec<Vec<ChunkId>> = (0..8).map(|i| if i % 2 == 0 { vec![s.id, missing] } else { vec![missing] }).collect();
+    for (req, ids) in asks.iter().enumerate() {
+        assert!(c.send(Job { req: req as u64, ids: ids.clone() }));
+    }
+    for (want, ids) in asks.iter().enumerate() {
+        match next(&mut rx).await {
+            Event::Answer { req, replies, .. } => {
+                assert_eq!(req, want as u64, "answers out of order");
+                assert_eq!(replies.len(), ids.len());
+                if ids.len() == 2 {
+                    assert_eq!(crate::codec::decompress(replies[0].clone()).expect("a chunk").expect("decodes"), s.data);
+                }
+                assert_eq!(replies.last(), Some(&ChunkReply::Missing));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_peer_not_allowed_is_not_served() {
     let s = server().await;
     let stranger = Keypair::generate_ed25519();
