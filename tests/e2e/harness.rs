@@ -11,27 +11,30 @@ use std::time::Duration;
 /// The binary under test, built once per test run (a no-op when it is fresh).
 pub(crate) fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        // `cargo test` runs this binary with the test crate's CARGO_MANIFEST_DIR, CARGO_PKG_*…;
-        // build scripts that watch them (ring's) would see a change and rebuild, and the next
-        // `cargo test` would rebuild them back: every run would recompile ring and its dependents.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k == "CARGO_MANIFEST_DIR" || k == "CARGO_MANIFEST_PATH" || k.starts_with("CARGO_PKG_") || k == "CARGO_CRATE_NAME" || k == "CARGO_PRIMARY_PACKAGE" || k == "OUT_DIR" {
-                build.env_remove(&*k);
-            }
+    BIN.get_or_init(|| build("layerhop-node", "layerhop"))
+}
+
+/// Build a binary of the workspace in release mode (a no-op when it is fresh); its path.
+pub(crate) fn build(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    // `cargo test` runs this binary with the test crate's CARGO_MANIFEST_DIR, CARGO_PKG_*…;
+    // build scripts that watch them (ring's) would see a change and rebuild, and the next
+    // `cargo test` would rebuild them back: every run would recompile ring and its dependents.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k == "CARGO_MANIFEST_DIR" || k == "CARGO_MANIFEST_PATH" || k.starts_with("CARGO_PKG_") || k == "CARGO_CRATE_NAME" || k == "CARGO_PRIMARY_PACKAGE" || k == "OUT_DIR" {
+            build.env_remove(&*k);
         }
-        let status = build
-            .args(["build", "--release", "-p", "layerhop-node", "--bin", "layerhop"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running cargo build for the layerhop binary");
-        assert!(status.success(), "building the layerhop binary failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-        target.join("release/layerhop")
-    })
+    }
+    let status = build
+        .args(["build", "--release", "-p", package, "--bin", bin])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build for {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("release").join(bin)
 }
 
 /// Run the CLI to completion.

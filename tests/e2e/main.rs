@@ -6,6 +6,7 @@
 mod harness;
 mod issue2_foundation;
 mod issue2_trust;
+mod issue3_bench_lan;
 mod issue3_lanes;
 mod issue3_site;
 mod issue4_engines;

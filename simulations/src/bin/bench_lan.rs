@@ -4,7 +4,12 @@
 //! Set-up (not timed): a seed publishes a release of `--size-mib` MiB of incompressible data
 //! (model weights do not compress) and device A fetches it. Then device B joins the same site:
 //! every chunk is held by A, so B takes all of it over the LAN. Timed: from B's start to B
-//! holding the whole release. Also reported: B's peak RSS (VmHWM).
+//! holding the whole release. Also reported: B's peak RSS (VmHWM). The timed part (both
+//! copies, then a new device B) is repeated `--runs` times and the medians are the result: on
+//! a shared host one run in a few is slowed by what else runs, or by the memory the kernel
+//! finds for the page cache (on the development VM, memory freed by the previous phase is
+//! handed back to the host, and a phase that writes into such memory pays a host fault per
+//! page), and that falls on the copy as on the fetch.
 //!
 //! The baseline is the same job done the plainest way: this binary in `sink` mode on one side
 //! of a TCP socket, this process writing the release file into it, and the sink writing what it
@@ -43,6 +48,10 @@ struct Args {
     /// Keep the nodes' homes (and their logs, `RUST_LOG` sets the level) and print where.
     #[arg(long)]
     keep: bool,
+    /// Timed runs (each: both copies, then a new device fetching from A); the medians are the
+    /// result.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
     /// Internal: act as the TCP sink on this port and print the bytes received.
     #[arg(long, hide = true)]
     sink: Option<u16>,
@@ -198,6 +207,71 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / hz
 }
 
+/// One timed run: both copies, then a new device fetching the release from A.
+#[derive(serde::Serialize)]
+struct Run {
+    tcp_null: f64,
+    tcp: f64,
+    lan: f64,
+    receiver_cpu: f64,
+    sender_cpu: f64,
+    rss: u64,
+    lan_in: u64,
+    metered_in: u64,
+    lane_answers: u64,
+    from_peers: u64,
+}
+
+impl Run {
+    fn ratio(&self) -> f64 {
+        self.tcp / self.lan
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Print every run and the medians (the host is shared: one run can be slowed by what else
+/// runs, or by where the kernel finds memory for the page cache).
+fn report(runs: &[Run], bytes: u64, json: bool) {
+    let med = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    let (lan, tcp, tcp_null) = (med(|r| r.lan), med(|r| r.tcp), med(|r| r.tcp_null));
+    let ratio = med(Run::ratio);
+    let ratio_null = med(|r| r.tcp_null / r.lan);
+    let rss = runs.iter().map(|r| r.rss).max().unwrap_or(0);
+    let (receiver_cpu, sender_cpu) = (med(|r| r.receiver_cpu), med(|r| r.sender_cpu));
+    if json {
+        let last = runs.last();
+        println!(
+            "{}",
+            serde_json::json!({"bytes": bytes, "tcp_copy_seconds": tcp, "tcp_copy_to_null_seconds": tcp_null,
+                "lan_seconds": lan, "ratio": ratio, "ratio_to_null_copy": ratio_null,
+                "receiver_peak_rss_bytes": rss, "receiver_lan_in": last.map_or(0, |r| r.lan_in), "receiver_metered_in": last.map_or(0, |r| r.metered_in),
+                "receiver_cpu_seconds": receiver_cpu, "sender_cpu_seconds": sender_cpu,
+                "receiver_chunks_from_peers": last.map_or(0, |r| r.from_peers), "receiver_lane_answers": last.map_or(0, |r| r.lane_answers),
+                "runs": runs})
+        );
+        return;
+    }
+    let mib_s = |secs: f64| bytes as f64 / (1 << 20) as f64 / secs;
+    println!("{:<5} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9}", "run", "copy→null", "copy→file", "LAN fetch", "ratio", "CPU recv", "CPU send", "RSS MiB");
+    for (i, r) in runs.iter().enumerate() {
+        println!("{:<5} {:>9.2}s {:>9.2}s {:>9.2}s {:>7.2} {:>8.2}s {:>8.2}s {:>9.1}", i + 1, r.tcp_null, r.tcp, r.lan, r.ratio(), r.receiver_cpu, r.sender_cpu, r.rss as f64 / (1 << 20) as f64);
+    }
+    for r in runs {
+        println!("receiver: lan_in {} bytes, metered_in {} bytes, {} chunks from site peers, {} answers over the lane (up to 16 chunks each)", r.lan_in, r.metered_in, r.from_peers, r.lane_answers);
+    }
+    println!("median of {} runs: copy into /dev/null {tcp_null:.2} s ({:.0} MiB/s), into a file+fsync {tcp:.2} s ({:.0} MiB/s), LAN fetch {lan:.2} s ({:.0} MiB/s)", runs.len(), mib_s(tcp_null), mib_s(tcp), mib_s(lan));
+    println!("CPU during the LAN fetch (median): receiver {receiver_cpu:.2} s (from its start), sender {sender_cpu:.2} s; receiver peak RSS {:.1} MiB (highest)", rss as f64 / (1 << 20) as f64);
+    println!("LAN/TCP speed ratio (median): {ratio:.2} (goal >= 0.80; against the copy into /dev/null: {ratio_null:.2})");
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(port) = args.sink {
@@ -224,54 +298,51 @@ fn main() -> Result<()> {
     run(&bin, &[&["init", "--home", &h("seed"), "--seed", "--listen", "/ip4/127.0.0.1/tcp/0"][..], &quiet].concat())?;
     let _seed = start(&bin, &root.join("seed"))?;
     wait("seed address", Duration::from_secs(30), || std::fs::read_to_string(root.join("seed/listen-addrs")).ok().filter(|s| !s.is_empty()))?;
-    for d in ["a", "b"] {
+    let join = |d: &str| -> Result<()> {
         let token = run(&bin, &["invite", "--home", &h("seed"), "--site", "bench"])?;
         run(&bin, &[&["init", "--home", &h(d), "--join", token.trim(), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"][..], &quiet].concat())?;
-    }
+        Ok(())
+    };
+    join("a")?;
     let a = start(&bin, &root.join("a"))?;
     run(&bin, &["publish", "--home", &h("seed"), "--channel", "bench", &file_dir.to_string_lossy()])?;
     eprintln!("device A fetching {} MiB from the seed (set-up, not timed)", args.size_mib);
     wait("device A", Duration::from_secs(1800), || complete(&rt, &root.join("a")))?;
-    settle();
-    let tcp_null = tcp_copy(&me, &file, None)?;
-    settle();
-    let tcp = tcp_copy(&me, &file, Some(&root.join("tcp-copy.bin")))?;
-    settle();
-    eprintln!("device B fetching over the LAN from A (timed)");
-    let sender_cpu_before = cpu_seconds(a.0.id());
-    let started = Instant::now();
-    let b = start(&bin, &root.join("b"))?;
-    let s = wait("device B", Duration::from_secs(1800), || complete(&rt, &root.join("b")))?;
-    let lan = started.elapsed();
-    let (receiver_cpu, sender_cpu) = (cpu_seconds(b.0.id()), cpu_seconds(a.0.id()) - sender_cpu_before);
-    let rss = peak_rss(b.0.id());
-    let lan_in = s["traffic"]["lan_in"].as_u64().unwrap_or(0);
-    let metered_in = s["traffic"]["metered_in"].as_u64().unwrap_or(0);
-    let lane_answers = s["lane_answers"].as_u64().unwrap_or(0);
-    let from_peers = s["chunks_from_peers"].as_u64().unwrap_or(0);
-    let mib_s = |d: Duration| bytes as f64 / (1 << 20) as f64 / d.as_secs_f64();
-    let ratio = tcp.as_secs_f64() / lan.as_secs_f64();
-    let ratio_null = tcp_null.as_secs_f64() / lan.as_secs_f64();
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"bytes": bytes, "tcp_copy_seconds": tcp.as_secs_f64(), "tcp_copy_to_null_seconds": tcp_null.as_secs_f64(),
-                "lan_seconds": lan.as_secs_f64(), "ratio": ratio, "ratio_to_null_copy": ratio_null,
-                "receiver_peak_rss_bytes": rss, "receiver_lan_in": lan_in, "receiver_metered_in": metered_in,
-                "receiver_cpu_seconds": receiver_cpu, "sender_cpu_seconds": sender_cpu,
-                "receiver_chunks_from_peers": from_peers, "receiver_lane_answers": lane_answers})
-        );
-    } else {
-        println!("{:<28} {:>9} {:>10}", "", "seconds", "MiB/s");
-        println!("{:<28} {:>9.2} {:>10.1}", "TCP copy into /dev/null", tcp_null.as_secs_f64(), mib_s(tcp_null));
-        println!("{:<28} {:>9.2} {:>10.1}", "TCP copy into a file+fsync", tcp.as_secs_f64(), mib_s(tcp));
-        println!("{:<28} {:>9.2} {:>10.1}", "layerhop LAN fetch (B ← A)", lan.as_secs_f64(), mib_s(lan));
-        println!("receiver: lan_in {lan_in} bytes, metered_in {metered_in} bytes, peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64);
-        println!("receiver: {from_peers} chunks from site peers, {lane_answers} answers over the lane (up to 16 chunks each)");
-        println!("CPU during the LAN fetch: receiver {receiver_cpu:.2} s (from its start), sender {sender_cpu:.2} s");
-        println!("LAN/TCP speed ratio: {ratio:.2} (goal >= 0.80; against the copy into /dev/null: {ratio_null:.2})");
+    let mut runs = Vec::new();
+    for i in 1..=args.runs.max(1) {
+        let b = format!("b{i}");
+        join(&b)?;
+        settle();
+        let tcp_null = tcp_copy(&me, &file, None)?;
+        settle();
+        let tcp = tcp_copy(&me, &file, Some(&root.join("tcp-copy.bin")))?;
+        settle();
+        eprintln!("device {b} fetching over the LAN from A (timed), run {i} of {}", args.runs.max(1));
+        let sender_cpu_before = cpu_seconds(a.0.id());
+        let started = Instant::now();
+        let node = start(&bin, &root.join(&b))?;
+        let s = wait("the joining device", Duration::from_secs(1800), || complete(&rt, &root.join(&b)))?;
+        let lan = started.elapsed();
+        runs.push(Run {
+            tcp_null: tcp_null.as_secs_f64(),
+            tcp: tcp.as_secs_f64(),
+            lan: lan.as_secs_f64(),
+            receiver_cpu: cpu_seconds(node.0.id()),
+            sender_cpu: cpu_seconds(a.0.id()) - sender_cpu_before,
+            rss: peak_rss(node.0.id()),
+            lan_in: s["traffic"]["lan_in"].as_u64().unwrap_or(0),
+            metered_in: s["traffic"]["metered_in"].as_u64().unwrap_or(0),
+            lane_answers: s["lane_answers"].as_u64().unwrap_or(0),
+            from_peers: s["chunks_from_peers"].as_u64().unwrap_or(0),
+        });
+        drop(node);
+        if !args.keep {
+            // Its page cache and disk space are the next run's.
+            let _ = std::fs::remove_dir_all(root.join(&b));
+        }
     }
-    drop((a, b, _seed));
+    report(&runs, bytes, args.json);
+    drop((a, _seed));
     if args.keep {
         eprintln!("homes kept in {}", tmp.keep().display());
     }

@@ -1,0 +1,32 @@
+//! The LAN bench the README tells users to run (`bench_lan`) still runs and measures what it
+//! says: a small release, one timed run, its JSON read back.
+
+use crate::harness::{binary, build};
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn bench_lan_moves_a_release_over_a_lane_and_reports_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(build("layerhop-simulations", "bench_lan"))
+        .args(["--size-mib", "32", "--runs", "1", "--json", "--layerhop"])
+        .arg(binary())
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("running bench_lan");
+    assert!(out.status.success(), "bench_lan failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bench_lan prints one JSON object");
+    let bytes = v["bytes"].as_u64().expect("bytes");
+    assert_eq!(bytes, 32 << 20);
+    assert_eq!(v["runs"].as_array().map(Vec::len), Some(1), "{v}");
+    for key in ["lan_seconds", "tcp_copy_seconds", "tcp_copy_to_null_seconds", "ratio", "receiver_cpu_seconds"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
+    }
+    assert!(v["receiver_peak_rss_bytes"].as_u64().is_some_and(|x| x > 0), "{v}");
+    let lan_in = v["receiver_lan_in"].as_u64().expect("lan_in");
+    assert!(lan_in >= bytes, "the release did not come over the LAN: lan_in {lan_in} for {bytes}");
+    let metered_in = v["receiver_metered_in"].as_u64().expect("metered_in");
+    assert!(metered_in < bytes / 20, "the joining device paid the metered link: {metered_in} bytes");
+    assert!(v["receiver_lane_answers"].as_u64().is_some_and(|x| x > 0), "no answer came over a lane: {v}");
+}
