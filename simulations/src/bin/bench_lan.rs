@@ -247,6 +247,7 @@ fn report(runs: &[Run], bytes: u64, json: bool) {
     let rss = runs.iter().map(|r| r.rss).max().unwrap_or(0);
     let (receiver_cpu, sender_cpu) = (med(|r| r.receiver_cpu), med(|r| r.sender_cpu));
     if json {
+        // Times are medians, RSS the highest, counters the last run's; every run is in "runs".
         let last = runs.last();
         println!(
             "{}",
