@@ -7,12 +7,12 @@
 
 use crate::config::Role;
 use crate::event_loop::{Done, Enrolled, EventLoop};
-use crate::traffic::LinkClass;
-use layerhop_protocol::wire::{ChunkReply, Hello, PeerInfo, Request, Response};
-use libp2p::request_response::ResponseChannel;
 use crate::status::ServedCounters;
+use crate::traffic::LinkClass;
 use layerhop_protocol::ChunkId;
+use layerhop_protocol::wire::{ChunkReply, Hello, PeerInfo, Request, Response};
 use layerhop_store::Store;
+use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 
 impl EventLoop {
@@ -198,12 +198,21 @@ pub(crate) enum Read {
     ForPeer,
 }
 
+impl Read {
+    fn get(self, store: &Store, id: &ChunkId) -> layerhop_store::error::Result<Option<Vec<u8>>> {
+        match self {
+            Read::Verified => store.get(id),
+            Read::ForPeer => store.get_for_peer(id),
+        }
+    }
+}
+
 /// The chunks asked for, as answers to a peer (on the exchange protocol or a lane): read as
 /// `read` says, compressed when that pays, missing when not held; counted in `served`.
 pub(crate) fn serve_chunks(store: &Store, ids: &[ChunkId], served: &ServedCounters, read: Read) -> Vec<ChunkReply> {
     let replies: Vec<ChunkReply> = ids
         .iter()
-        .map(|id| match if read == Read::Verified { store.get(id) } else { store.get_for_peer(id) } {
+        .map(|id| match read.get(store, id) {
             Ok(Some(bytes)) => crate::codec::compress(bytes),
             Ok(None) => ChunkReply::Missing,
             Err(e) => {

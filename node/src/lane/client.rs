@@ -2,8 +2,9 @@
 //!
 //! The event loop hands batches ([`Job`]) to the lane's task; the task writes each request as
 //! it comes and reads the answers in order, reporting each answer, and at the end why the lane
-//! closed (idle for [`IDLE`], or failed), as [`Event`]s through the event loop's `done` channel. Everything still unanswered
-//! when a lane closes is asked again by the event loop (see `EventLoop::on_lane`).
+//! closed (idle for [`IDLE`], or failed), as [`Event`]s through the event loop's `done`
+//! channel. Everything still unanswered when a lane closes is asked again by the event loop
+//! (see `EventLoop::on_lane`).
 
 use super::Event;
 use super::frame::{self, Clock, Failure};
@@ -19,11 +20,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// A lane with nothing asked for this long is closed (a site of 50 holds 49 lanes per member
 /// while it moves a release, none after).
 pub(crate) const IDLE: Duration = Duration::from_secs(5);
-use tokio::sync::mpsc;
 
 /// A batch of chunk ids, numbered by the event loop.
 pub(crate) struct Job {
