@@ -7,10 +7,14 @@
 //!   many chunks left its queue ([`Done::Staged`]): the scheduler's backpressure counts only
 //!   chunks waiting here, in memory, which are also all a `kill -9` can lose (staged chunks are
 //!   adopted from their pack at the next start).
-//! - `chunk-syncer` takes everything staged since its last round, makes it durable with one
+//! - `chunk-syncer` gathers staged chunks into a round, makes the round durable with one
 //!   `fdatasync` of the pack and indexes it (`commit_staged`), and reports each chunk
-//!   ([`Done::Stored`]). A round is as large as what arrived during the previous sync; at most
-//!   [`STAGED_MAX`] chunks wait for one (page cache, and what a power cut can cost again).
+//!   ([`Done::Stored`]). A round closes at [`ROUND_BYTES`], when the flow pauses
+//!   ([`ROUND_GAP`]) or when its first chunk has waited [`ROUND_WAIT`]; at most [`STAGED_MAX`]
+//!   chunks wait besides (page cache, and what a power cut can cost again). Each `fdatasync`
+//!   of an appended pack commits ext4's journal and flushes the disk's cache: taking what
+//!   arrived during the previous sync as the next round (as before) made ~1,500 rounds of
+//!   ~0.7 MiB for a 1 GiB release on the LAN bench.
 //!
 //! After an interior tree node is stored, the syncer walks the subtree below it, so the fetch
 //! learns the node's missing children without reading the disk itself. Measured on the LAN
@@ -29,14 +33,22 @@ use layerhop_protocol::{BlobRef, ChunkId};
 use layerhop_protocol::wire::ChunkReply;
 use layerhop_store::Store;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Chunks queued at most; requests in flight bound what can arrive, far below this.
 pub(crate) const QUEUE: usize = 8192;
-/// Staged chunks waiting for a sync at most (the writer waits beyond): up to 64 MiB of
-/// 256 KiB chunks, 16 MiB at the average chunk size.
-const STAGED_MAX: usize = 256;
+/// Staged chunks waiting for the syncer besides its round (the writer waits beyond): up to
+/// 128 MiB of 256 KiB chunks, 32 MiB at the average chunk size — room for what arrives while
+/// a round of [`ROUND_BYTES`] is synced.
+const STAGED_MAX: usize = 512;
+/// A sync round closes once it holds this many bytes...
+const ROUND_BYTES: usize = 32 << 20;
+/// ...or no chunk was staged for this long (the flow paused or ended)...
+const ROUND_GAP: Duration = Duration::from_millis(5);
+/// ...or its first chunk has waited this long: what a peer waits, beyond the transfer, to
+/// hear a chunk landed here.
+const ROUND_WAIT: Duration = Duration::from_millis(100);
 /// The writer stages what its queue holds, up to this many bytes (or [`BATCH_CHUNKS`]), with
 /// one write (see `layerhop_store::Store::stage_many`): fewer, larger writes cost the kernel
 /// less, and each chunk is still in the core's cache when it is copied after being hashed.
@@ -66,6 +78,7 @@ pub(crate) struct Incoming {
 struct Staged {
     channel: String,
     id: ChunkId,
+    len: usize,
     source: Source,
     entry: BlobRef,
 }
@@ -156,7 +169,7 @@ pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Res
                 match crate::codec::decompress(reply) {
                     Some(Ok(b)) => {
                         bytes += b.len();
-                        batch.push((Staged { channel, id, source, entry }, b));
+                        batch.push((Staged { channel, id, len: b.len(), source, entry }, b));
                     }
                     Some(Err(e)) => {
                         let result = Err(format!("undecodable compressed chunk: {e}"));
@@ -191,8 +204,7 @@ pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Res
     })?;
     std::thread::Builder::new().name("chunk-syncer".into()).spawn(move || {
         while let Ok(first) = staged_rx.recv() {
-            let mut round = vec![first];
-            round.extend(staged_rx.try_iter());
+            let round = gather(&staged_rx, first);
             let ids: Vec<ChunkId> = round.iter().map(|s| s.id).collect();
             let mut delay = SYNC_RETRY;
             let results = loop {
@@ -215,8 +227,67 @@ pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Res
     Ok(Writer { tx, disk_full })
 }
 
+/// A sync round: `first` and what follows it, until the round is full, the flow pauses or
+/// the first has waited long enough (see [`ROUND_BYTES`]).
+fn gather(rx: &std::sync::mpsc::Receiver<Staged>, first: Staged) -> Vec<Staged> {
+    let opened = Instant::now();
+    let mut bytes = first.len;
+    let mut round = vec![first];
+    while bytes < ROUND_BYTES {
+        let left = ROUND_WAIT.saturating_sub(opened.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(ROUND_GAP.min(left)) {
+            Ok(x) => {
+                bytes += x.len;
+                round.push(x);
+            }
+            Err(_) => break,
+        }
+    }
+    round
+}
+
 /// Tell the event loop a chunk is stored (or why not), with the walk below an interior node.
 fn report(store: &Store, done: &mpsc::Sender<Done>, channel: String, id: ChunkId, result: Result<(), String>, source: Source, entry: BlobRef) {
     let below = (result.is_ok() && entry.height > 0).then(|| layerhop_store::blob::progress(store, &[entry]).map_err(|e| e.to_string()));
     let _ = done.blocking_send(Done::Stored { channel, id, result, source, below });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged(n: u8, len: usize) -> Staged {
+        let id = ChunkId::from_bytes([n; 32]);
+        Staged { channel: "c".into(), id, len, source: Source::Seed, entry: BlobRef { root: id, len: len as u64, height: 0 } }
+    }
+
+    #[test]
+    fn a_round_takes_what_is_staged_and_ends_when_the_writer_does() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(STAGED_MAX);
+        for n in 1..=3 {
+            tx.send(staged(n, 1000)).expect("send");
+        }
+        drop(tx);
+        let first = rx.recv().expect("first");
+        let ids: Vec<u8> = gather(&rx, first).iter().map(|s| s.id.as_bytes()[0]).collect();
+        assert_eq!(ids, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_round_closes_at_its_byte_bound_and_leaves_the_rest_for_the_next() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(STAGED_MAX);
+        let big = ROUND_BYTES / 4;
+        for n in 1..=6 {
+            tx.send(staged(n, big)).expect("send");
+        }
+        let first = rx.recv().expect("first");
+        let round = gather(&rx, first);
+        assert_eq!(round.len(), 4, "four chunks of a quarter of the bound fill a round");
+        let next = gather(&rx, rx.recv().expect("next"));
+        assert_eq!(next.iter().map(|s| s.id.as_bytes()[0]).collect::<Vec<_>>(), [5, 6]);
+        drop(tx);
+    }
 }
