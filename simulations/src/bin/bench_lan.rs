@@ -52,6 +52,12 @@ struct Args {
     /// result.
     #[arg(long, default_value_t = 3)]
     runs: u32,
+    /// A second layerhop build for the receiving device: runs alternate between the two
+    /// builds (the sender and the seed stay `--layerhop`), and each build's medians are
+    /// printed (with `--json`, one object per build, one per line). On a shared host, runs of
+    /// two builds interleaved in one process meet the same noise; separate invocations do not.
+    #[arg(long)]
+    compare: Option<PathBuf>,
     /// Internal: act as the TCP sink on this port and print the bytes received.
     #[arg(long, hide = true)]
     sink: Option<u16>,
@@ -208,8 +214,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// One timed run: both copies, then a new device fetching the release from A.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, Clone)]
 struct Run {
+    /// The receiving device's build.
+    build: String,
     tcp_null: f64,
     tcp: f64,
     lan: f64,
@@ -283,6 +291,9 @@ fn main() -> Result<()> {
     if !bin.exists() {
         bail!("{} not found: build it with `cargo build --release -p layerhop-node` or pass --layerhop", bin.display());
     }
+    if args.compare.as_ref().is_some_and(|c| c == &bin) {
+        bail!("--compare names the build --layerhop already runs: {}", bin.display());
+    }
     let tmp = match &args.dir {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
@@ -321,10 +332,15 @@ fn main() -> Result<()> {
         eprintln!("device {b} fetching over the LAN from A (timed), run {i} of {}", args.runs.max(1));
         let sender_cpu_before = cpu_seconds(a.0.id());
         let started = Instant::now();
-        let node = start(&bin, &root.join(&b))?;
+        let receiver = match &args.compare {
+            Some(other) if i % 2 == 0 => other,
+            _ => &bin,
+        };
+        let node = start(receiver, &root.join(&b))?;
         let s = wait("the joining device", Duration::from_secs(1800), || complete(&rt, &root.join(&b)))?;
         let lan = started.elapsed();
         runs.push(Run {
+            build: receiver.display().to_string(),
             tcp_null: tcp_null.as_secs_f64(),
             tcp: tcp.as_secs_f64(),
             lan: lan.as_secs_f64(),
@@ -342,7 +358,19 @@ fn main() -> Result<()> {
             let _ = std::fs::remove_dir_all(root.join(&b));
         }
     }
-    report(&runs, bytes, args.json);
+    match &args.compare {
+        None => report(&runs, bytes, args.json),
+        Some(other) => {
+            for build in [&bin, other] {
+                let name = build.display().to_string();
+                let mine: Vec<Run> = runs.iter().filter(|r| r.build == name).cloned().collect();
+                if !args.json {
+                    println!("receiving device: {name}");
+                }
+                report(&mine, bytes, args.json);
+            }
+        }
+    }
     drop((a, _seed));
     if args.keep {
         eprintln!("homes kept in {}", tmp.keep().display());
