@@ -14,7 +14,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use layerhop_protocol::ChunkId;
 use layerhop_protocol::limits::{MAX_CHUNK, MAX_IDS_PER_REQUEST};
 use layerhop_protocol::wire::ChunkReply;
-use std::io;
+use std::io::{self, IoSlice};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -68,19 +68,37 @@ pub(crate) async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> Result<Opti
     Ok(Some(raw.chunks_exact(32).map(|c| ChunkId::from_bytes(c.try_into().unwrap_or([0; 32]))).collect()))
 }
 
-/// Write the answer to one request: one record per reply, in order.
+/// Write the answer to one request: one record per reply, in order, handed to the writer as
+/// one vectored write (under TLS: full records across chunk boundaries, not a record for each
+/// 5-byte head, and the records out in as few system calls as TLS's send buffer allows).
 pub(crate) async fn write_replies<W: AsyncWrite + Unpin>(w: &mut W, replies: &[ChunkReply]) -> io::Result<()> {
-    for r in replies {
-        let (kind, bytes): (u8, &[u8]) = match r {
-            ChunkReply::Missing => (0, &[]),
-            ChunkReply::Raw(b) => (1, b),
-            ChunkReply::Zstd(b) => (2, b),
-        };
-        let mut head = [0u8; 5];
-        head[0] = kind;
-        head[1..].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-        w.write_all(&head).await?;
-        w.write_all(bytes).await?;
+    let heads: Vec<[u8; 5]> = replies
+        .iter()
+        .map(|r| {
+            let (kind, len) = match r {
+                ChunkReply::Missing => (0, 0),
+                ChunkReply::Raw(b) => (1, b.len()),
+                ChunkReply::Zstd(b) => (2, b.len()),
+            };
+            let mut head = [kind, 0, 0, 0, 0];
+            head[1..].copy_from_slice(&(len as u32).to_le_bytes());
+            head
+        })
+        .collect();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * replies.len());
+    for (head, r) in heads.iter().zip(replies) {
+        slices.push(IoSlice::new(head));
+        if let ChunkReply::Raw(b) | ChunkReply::Zstd(b) = r {
+            slices.push(IoSlice::new(b));
+        }
+    }
+    let mut left = &mut slices[..];
+    while !left.is_empty() {
+        let n = w.write_vectored(left).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut left, n);
     }
     w.flush().await
 }

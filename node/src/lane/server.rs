@@ -34,13 +34,11 @@ const IDLE: Duration = Duration::from_secs(120);
 const PER_PEER: usize = 2;
 /// Time to write one answer (up to 16 chunks): a member that stops reading is let go.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
-/// TLS records (16 KiB each) are gathered up to this many bytes before they go to the socket
-/// (and at the end of each answer). Written one by one (`TCP_NODELAY`), a GiB took ~64,000
-/// `sendto` calls and as many small segments for the receiver to take in; gathered, ~4,800.
-/// On the LAN bench (1 GiB, runs alternating between builds), sending CPU 0.86-0.90 s against
-/// 0.98-1.24 s and the ratio to the copy 0.69-0.75 against 0.61-0.63 (medians of 3 runs each).
-/// A read buffer on the asking side in the same way moved CPU from the receiver to the sender
-/// (-0.18 s / +0.17 s) and the time not at all, so it has none.
+/// TLS may hold this many bytes of records not yet sent (rustls's default is 64 KiB): an
+/// answer goes to TLS as one vectored write (see [`frame::write_replies`]) and its records to
+/// the socket as one `writev` of up to 64 records. Sent one record (16 KiB) at a time, as
+/// before, a GiB took ~64,000 `sendto` calls and as many small segments for the receiver to
+/// take in.
 const SEND_BUFFER: usize = 256 << 10;
 /// Answers prepared while one is written: a lane holds at most `AHEAD + 1` answers of up to 16
 /// chunks in memory (8 MiB at the chunk bound).
@@ -139,11 +137,13 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
         return Err("a lane over a metered link; closed".into());
     }
     let _ = tcp.set_nodelay(true);
-    let stream = futures::io::BufWriter::with_capacity(SEND_BUFFER, Counted::new(libp2p::tcp::tokio::TcpStream(tcp), class, link.clone(), s.classifier.clone()));
+    let stream = Counted::new(libp2p::tcp::tokio::TcpStream(tcp), class, link.clone(), s.classifier.clone());
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, futures_rustls::TlsAcceptor::from(s.identity.server()).accept(stream))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
+    let mut tls = tls;
+    tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
     let peer = peer_of(tls.get_ref().1).ok_or("no peer certificate")?;
     s.classifier.bind(peer, class, &link);
     let Some(_entered) = s.access.enter(peer) else {
