@@ -13,8 +13,14 @@
 //!   ([`ROUND_GAP`]) or when its first chunk has waited [`ROUND_WAIT`]; at most [`STAGED_MAX`]
 //!   chunks wait besides (page cache, and what a power cut can cost again). Each `fdatasync`
 //!   of an appended pack commits ext4's journal and flushes the disk's cache: taking what
-//!   arrived during the previous sync as the next round (as before) made ~1,500 rounds of
-//!   ~0.7 MiB for a 1 GiB release on the LAN bench.
+//!   arrived during the previous sync as the next round (as before) made ~1,530 rounds of
+//!   ~0.7 MiB for a 1 GiB release on the LAN bench; gathered, 39-40. Measured in the same
+//!   bench (`--compare`, five runs of each build alternating): the receiver's CPU time 1.85 s
+//!   against 2.00 s (medians), the time within the host's noise (1.82 s against 1.86 s);
+//!   rounds of 8 MiB: 1.53 s against 1.40 s of CPU, the same time. A round waits at most
+//!   25 ms rather than 100 ms (what a relay adds per hop): the same time and CPU in the bench
+//!   (eight runs), and `fleet-200` converged as before (79.5-82.9 s against 80.1-81.2 s for
+//!   the build before rounds, run back to back).
 //!
 //! After an interior tree node is stored, the syncer walks the subtree below it, so the fetch
 //! learns the node's missing children without reading the disk itself. Measured on the LAN
@@ -48,7 +54,7 @@ const ROUND_BYTES: usize = 32 << 20;
 const ROUND_GAP: Duration = Duration::from_millis(5);
 /// ...or its first chunk has waited this long: what a peer waits, beyond the transfer, to
 /// hear a chunk landed here.
-const ROUND_WAIT: Duration = Duration::from_millis(100);
+const ROUND_WAIT: Duration = Duration::from_millis(25);
 /// The writer stages what its queue holds, up to this many bytes (or [`BATCH_CHUNKS`]), with
 /// one write (see `layerhop_store::Store::stage_many`): fewer, larger writes cost the kernel
 /// less, and each chunk is still in the core's cache when it is copied after being hashed.

@@ -138,11 +138,10 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
     }
     let _ = tcp.set_nodelay(true);
     let stream = Counted::new(libp2p::tcp::tokio::TcpStream(tcp), class, link.clone(), s.classifier.clone());
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, futures_rustls::TlsAcceptor::from(s.identity.server()).accept(stream))
+    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, futures_rustls::TlsAcceptor::from(s.identity.server()).accept(stream))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
-    let mut tls = tls;
     tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
     let peer = peer_of(tls.get_ref().1).ok_or("no peer certificate")?;
     s.classifier.bind(peer, class, &link);
