@@ -189,6 +189,8 @@ pub struct EventLoop {
     pub(crate) last_releases_ask: HashMap<PeerId, Instant>,
     /// Chunk requests answered (for status and metrics).
     pub(crate) served: Arc<crate::status::ServedCounters>,
+    /// Chunks answered raw without a compression probe (see [`crate::incompressible`]).
+    pub(crate) incompressible: Arc<crate::incompressible::Incompressible>,
     /// Seed: the devices seen and what they hold.
     pub(crate) fleet: crate::fleet::Fleet,
     /// Device: what was last reported to the seed.
@@ -206,7 +208,8 @@ impl EventLoop {
     pub fn new(swarm: Swarm<Behaviour>, p: Parts) -> std::io::Result<(EventLoop, Handle)> {
         let (tx, commands) = mpsc::channel(64);
         let (done_tx, done_rx) = mpsc::channel(crate::writer::QUEUE);
-        let writer = crate::writer::spawn(p.store.clone(), done_tx.clone())?;
+        let incompressible = Arc::new(crate::incompressible::Incompressible::default());
+        let writer = crate::writer::spawn(p.store.clone(), done_tx.clone(), incompressible.clone())?;
         let me = *swarm.local_peer_id();
         let lease = p.cfg.lease;
         let stall = lease + p.cfg.request_timeout;
@@ -258,6 +261,7 @@ impl EventLoop {
             deferred_dials: HashMap::new(),
             last_releases_ask: HashMap::new(),
             served: Default::default(),
+            incompressible,
             fleet: Default::default(),
             report: Default::default(),
             policy: p.policy,
@@ -327,6 +331,7 @@ impl EventLoop {
                 classifier: self.classifier.clone(),
                 access: access.clone(),
                 served: self.served.clone(),
+                incompressible: self.incompressible.clone(),
             };
             match crate::lane::start(&self.cfg.listen, serving).await {
                 Ok(port) => {

@@ -7,6 +7,7 @@
 
 use crate::config::Role;
 use crate::event_loop::{Done, Enrolled, EventLoop};
+use crate::incompressible::Incompressible;
 use crate::status::ServedCounters;
 use crate::traffic::LinkClass;
 use layerhop_protocol::ChunkId;
@@ -93,10 +94,11 @@ impl EventLoop {
                 let store = self.store.clone();
                 let done = self.done_tx.clone();
                 let served = self.served.clone();
+                let known = self.incompressible.clone();
                 // The seed's answers cross the metered link: a bad one would be paid for again.
                 let read = if self.cfg.role == Role::Seed { Read::Verified } else { Read::ForPeer };
                 tokio::task::spawn_blocking(move || {
-                    let replies = serve_chunks(&store, &ids, &served, read);
+                    let replies = serve_chunks(&store, &ids, &served, &known, read);
                     let _ = done.blocking_send(Done::Serve { channel, response: Response::Chunks(replies) });
                 });
             }
@@ -208,12 +210,13 @@ impl Read {
 }
 
 /// The chunks asked for, as answers to a peer (on the exchange protocol or a lane): read as
-/// `read` says, compressed when that pays, missing when not held; counted in `served`.
-pub(crate) fn serve_chunks(store: &Store, ids: &[ChunkId], served: &ServedCounters, read: Read) -> Vec<ChunkReply> {
+/// `read` says, compressed when that pays (without asking again of a chunk in `known`),
+/// missing when not held; counted in `served`.
+pub(crate) fn serve_chunks(store: &Store, ids: &[ChunkId], served: &ServedCounters, known: &Incompressible, read: Read) -> Vec<ChunkReply> {
     let replies: Vec<ChunkReply> = ids
         .iter()
         .map(|id| match read.get(store, id) {
-            Ok(Some(bytes)) => crate::codec::compress(bytes),
+            Ok(Some(bytes)) => known.wire_form(id, bytes),
             Ok(None) => ChunkReply::Missing,
             Err(e) => {
                 tracing::error!(chunk = %id, error = %e, "cannot read chunk to serve");

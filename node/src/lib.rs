@@ -34,6 +34,7 @@ pub mod fleet_trust;
 pub mod home;
 pub mod http_endpoint;
 mod inbound;
+mod incompressible;
 pub(crate) mod lane;
 pub mod install;
 pub mod metrics;

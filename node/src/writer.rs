@@ -35,6 +35,7 @@
 
 use crate::event_loop::Done;
 use crate::fetch::Source;
+use crate::incompressible::Incompressible;
 use layerhop_protocol::{BlobRef, ChunkId};
 use layerhop_protocol::wire::ChunkReply;
 use layerhop_store::Store;
@@ -85,6 +86,8 @@ struct Staged {
     channel: String,
     id: ChunkId,
     len: usize,
+    /// It came uncompressed: its sender found it does not pay for compression.
+    raw: bool,
     source: Source,
     entry: BlobRef,
 }
@@ -142,7 +145,7 @@ fn stage(store: &Store, batch: &[(ChunkId, &[u8])], flag: &Mutex<Option<String>>
 }
 
 /// Start the writer and syncer threads; they stop when every sender is dropped.
-pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Result<Writer> {
+pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>, incompressible: Arc<Incompressible>) -> std::io::Result<Writer> {
     let (tx, mut rx) = mpsc::channel::<Incoming>(QUEUE);
     let (staged_tx, staged_rx) = std::sync::mpsc::sync_channel::<Staged>(STAGED_MAX);
     let disk_full = Arc::new(Mutex::new(None));
@@ -172,10 +175,11 @@ pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Res
                 };
                 left += 1;
                 let Incoming { channel, id, reply, source, entry } = x;
+                let raw = matches!(reply, ChunkReply::Raw(_));
                 match crate::codec::decompress(reply) {
                     Some(Ok(b)) => {
                         bytes += b.len();
-                        batch.push((Staged { channel, id, len: b.len(), source, entry }, b));
+                        batch.push((Staged { channel, id, len: b.len(), raw, source, entry }, b));
                     }
                     Some(Err(e)) => {
                         let result = Err(format!("undecodable compressed chunk: {e}"));
@@ -195,6 +199,9 @@ pub(crate) fn spawn(store: Arc<Store>, done: mpsc::Sender<Done>) -> std::io::Res
                 Err(e) => vec![Err(e.to_string()); batch.len()],
             };
             for ((x, _), r) in batch.drain(..).zip(results) {
+                if r.is_ok() && x.raw {
+                    incompressible.note(x.id);
+                }
                 match r {
                     Ok(true) => {
                         if staged_tx.send(x).is_err() {
@@ -267,7 +274,7 @@ mod tests {
 
     fn staged(n: u8, len: usize) -> Staged {
         let id = ChunkId::from_bytes([n; 32]);
-        Staged { channel: "c".into(), id, len, source: Source::Seed, entry: BlobRef { root: id, len: len as u64, height: 0 } }
+        Staged { channel: "c".into(), id, len, raw: true, source: Source::Seed, entry: BlobRef { root: id, len: len as u64, height: 0 } }
     }
 
     #[test]

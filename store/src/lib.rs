@@ -25,7 +25,7 @@ pub mod error;
 pub mod export;
 mod fsutil;
 pub mod packs;
-mod recent;
+pub mod recent;
 mod staging;
 pub mod hashing;
 pub mod import;

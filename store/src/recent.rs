@@ -26,29 +26,32 @@ use layerhop_protocol::ChunkId;
 use std::collections::HashSet;
 
 /// Chunks per generation: at the average chunk size (~64 KiB) about 4 GiB of recent chunks.
-pub(crate) const RECENT: usize = 1 << 16;
+pub const RECENT: usize = 1 << 16;
 
+/// The ids of the last [`RECENT`] to 2 × [`RECENT`] chunks inserted, in two generations (also
+/// used by the node for other facts about chunks it handled lately).
 #[derive(Default)]
-pub(crate) struct Recent {
+pub struct Recent {
     newer: HashSet<ChunkId>,
     older: HashSet<ChunkId>,
 }
 
 impl Recent {
     /// `id`'s bytes were just verified.
-    pub(crate) fn insert(&mut self, id: ChunkId) {
+    pub fn insert(&mut self, id: ChunkId) {
         if self.newer.len() >= RECENT {
             self.older = std::mem::take(&mut self.newer);
         }
         self.newer.insert(id);
     }
 
-    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
+    /// Whether `id` is among the ids inserted lately.
+    pub fn contains(&self, id: &ChunkId) -> bool {
         self.newer.contains(id) || self.older.contains(id)
     }
 
     /// `id`'s bytes were found damaged, or it is no longer held.
-    pub(crate) fn remove(&mut self, id: &ChunkId) {
+    pub fn remove(&mut self, id: &ChunkId) {
         self.newer.remove(id);
         self.older.remove(id);
     }

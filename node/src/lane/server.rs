@@ -98,6 +98,7 @@ pub(crate) struct Serving {
     pub(crate) classifier: Arc<Classifier>,
     pub(crate) access: Arc<Access>,
     pub(crate) served: Arc<ServedCounters>,
+    pub(crate) incompressible: Arc<crate::incompressible::Incompressible>,
 }
 
 /// Accept lanes on `listener` until the runtime stops.
@@ -167,8 +168,8 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
             }
             // A slot first, so at most AHEAD answers wait in memory besides the one written.
             let Ok(slot) = tx.reserve().await else { return Ok(()) };
-            let (store, served) = (s.store.clone(), s.served.clone());
-            slot.send(tokio::task::spawn_blocking(move || crate::inbound::serve_chunks(&store, &ids, &served, crate::inbound::Read::ForPeer)));
+            let (store, served, known) = (s.store.clone(), s.served.clone(), s.incompressible.clone());
+            slot.send(tokio::task::spawn_blocking(move || crate::inbound::serve_chunks(&store, &ids, &served, &known, crate::inbound::Read::ForPeer)));
         }
     };
     let writer = async move {

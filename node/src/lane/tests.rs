@@ -39,6 +39,7 @@ async fn server() -> Server {
         classifier: Classifier::new(false, &[], &[]),
         access: access.clone(),
         served: Default::default(),
+        incompressible: Default::default(),
     };
     let port = super::start(&["/ip4/127.0.0.1/tcp/0".parse().expect("addr")], serving).await.expect("listen");
     Server { addr: SocketAddr::from(([127, 0, 0, 1], port)), peer: key.public().to_peer_id(), access, data, id, _dir: dir }
