@@ -309,15 +309,20 @@ impl<S> Counted<S> {
     pub fn new(inner: S, class: LinkClass, link: Arc<LinkBytes>, classifier: Arc<Classifier>) -> Self {
         Counted { inner, class, link, classifier }
     }
+
+    /// Count what a read (`inbound`) or a write moved, if it moved anything.
+    fn count(&self, inbound: bool, r: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = r {
+            self.classifier.counters.add(self.class, inbound, *n);
+            self.link.add(inbound, *n);
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.classifier.counters.add(self.class, true, *n);
-            self.link.add(true, *n);
-        }
+        self.count(true, &r);
         r
     }
 }
@@ -325,20 +330,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.classifier.counters.add(self.class, false, *n);
-            self.link.add(false, *n);
-        }
+        self.count(false, &r);
         r
     }
     /// Forwarded, not left to the default (which writes the first buffer alone): TLS hands
     /// its records over as many buffers, and one `writev` of them is one system call.
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.classifier.counters.add(self.class, false, *n);
-            self.link.add(false, *n);
-        }
+        self.count(false, &r);
         r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

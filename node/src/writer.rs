@@ -11,22 +11,21 @@
 //!   `fdatasync` of the pack and indexes it (`commit_staged`), and reports each chunk
 //!   ([`Done::Stored`]). A round takes what is staged, then what follows while chunks keep
 //!   coming: it closes at [`ROUND_BYTES`], when the flow pauses ([`ROUND_GAP`]) or when its
-//!   first chunk has waited [`ROUND_WAIT`]; at most [`STAGED_MAX`]
-//!   chunks wait besides (page cache, and what a power cut can cost again). Each `fdatasync`
-//!   of an appended pack commits ext4's journal and flushes the disk's cache: taking what
-//!   arrived during the previous sync as the next round (as before) made ~1,530 rounds of
-//!   ~0.7 MiB for a 1 GiB release on the LAN bench; gathered, 39-40 (69 with the 1 ms pause
-//!   below). Measured in the same
-//!   bench (`--compare`, five runs of each build alternating): the receiver's CPU time 1.85 s
-//!   against 2.00 s (medians), the time within the host's noise (1.82 s against 1.86 s);
-//!   rounds of 8 MiB: 1.53 s against 1.40 s of CPU, the same time. A round waits at most
-//!   25 ms rather than 100 ms (what a relay adds per hop): the same time and CPU in the bench
-//!   (eight runs), and `fleet-200` converged as before (79.5-82.9 s against 80.1-81.2 s for
-//!   the build before rounds, run back to back). A pause of 5 ms rather than 1 ms held every
-//!   slow flow's chunk that long before its sync: sites of 50 (`fleet` 5x50) converged in
-//!   244-253 s against 205-214 s for the build before rounds, and fetched 2-3 chunks twice
-//!   from the seed; with 1 ms, 191-193 s and none twice, the LAN bench unchanged (1.48 s
-//!   against 1.50 s, medians of four runs each).
+//!   first chunk has waited [`ROUND_WAIT`]; at most [`STAGED_MAX`] chunks wait besides (page
+//!   cache, and what a power cut can cost again).
+//!
+//! Why rounds: each `fdatasync` of an appended pack commits ext4's journal and flushes the
+//! disk's cache. Taking only what arrived during the previous sync as the next round made
+//! ~1,530 rounds of ~0.7 MiB for a 1 GiB release on the LAN bench; gathered, 69. Measured in
+//! that bench (`--compare`, runs of two builds alternating): receiver CPU 1.85 s against
+//! 2.00 s (medians of five), the time within the host's noise (1.82 s against 1.86 s); rounds
+//! of 8 MiB cost more CPU (1.53 s against 1.40 s) for the same time; waiting 25 ms rather
+//! than 100 ms (what a relay adds per hop) changed neither, and `fleet-200` converged as
+//! before (79.5-82.9 s against 80.1-81.2 s for the build before rounds, back to back). A
+//! pause of 5 ms rather than 1 ms held every slow flow's chunk that long before its sync:
+//! sites of 50 (`fleet` 5x50) converged in 244-253 s against 205-214 s for the build before
+//! rounds, and fetched 2-3 chunks twice from the seed; with 1 ms, 191-193 s and none twice,
+//! the LAN bench unchanged (1.48 s against 1.50 s, medians of four).
 //!
 //! After an interior tree node is stored, the syncer walks the subtree below it, so the fetch
 //! learns the node's missing children without reading the disk itself. Measured on the LAN

@@ -37,7 +37,7 @@ pub struct Recent {
 }
 
 impl Recent {
-    /// `id`'s bytes were just verified.
+    /// Keep `id` (for the store: its bytes were just verified).
     pub fn insert(&mut self, id: ChunkId) {
         if self.newer.len() >= RECENT {
             self.older = std::mem::take(&mut self.newer);
@@ -50,7 +50,7 @@ impl Recent {
         self.newer.contains(id) || self.older.contains(id)
     }
 
-    /// `id`'s bytes were found damaged, or it is no longer held.
+    /// Forget `id` (for the store: its bytes were found damaged, or it is no longer held).
     pub fn remove(&mut self, id: &ChunkId) {
         self.newer.remove(id);
         self.older.remove(id);
