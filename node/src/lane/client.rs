@@ -31,7 +31,9 @@ pub(crate) const IDLE: Duration = Duration::from_secs(5);
 /// lane made ~262,000 `recv` calls per GiB. Measured on the LAN bench (1 GiB, `--compare`,
 /// five runs of each build alternating): receiving CPU 1.36 s against 1.51 s, time 1.31 s
 /// against 1.36 s; 256 KiB did no better than 64 KiB (1.40 s against 1.41 s of CPU). The
-/// copy out of this buffer is of bytes still in the core's cache.
+/// copy out of this buffer is of bytes still in the core's cache. A member asking all 49
+/// others of a site of 50 holds 3 MiB of these while its lanes are open (`fleet-200`'s peak
+/// RSS, all 200 nodes in one process: 1,766 MiB against 1,724 MiB for the build before).
 const READ_BUFFER: usize = 64 << 10;
 
 /// A batch of chunk ids, numbered by the event loop.
