@@ -26,14 +26,16 @@ use tokio::sync::mpsc;
 /// while it moves a release, none after).
 pub(crate) const IDLE: Duration = Duration::from_secs(5);
 
-/// What one read from the lane's socket may take. rustls reads at most 4 KiB from its
-/// transport per call (its deframer grows by that much), so without a buffer beneath it a
-/// lane made ~262,000 `recv` calls per GiB. Measured on the LAN bench (1 GiB, `--compare`,
-/// five runs of each build alternating): receiving CPU 1.36 s against 1.51 s, time 1.31 s
-/// against 1.36 s; 256 KiB did no better than 64 KiB (1.40 s against 1.41 s of CPU). The
-/// copy out of this buffer is of bytes still in the core's cache. A member asking all 49
-/// others of a site of 50 holds 3 MiB of these while its lanes are open (`fleet-200`'s peak
-/// RSS, all 200 nodes in one process: 1,766 MiB against 1,724 MiB for the build before).
+/// What one read from the lane's socket may take. rustls reads at most 4 KiB past what its
+/// deframer holds per call; without a buffer beneath it a lane made 65,954 `recv` calls for
+/// the LAN bench's GiB, with it 17,145. What that saves is small against the host's noise:
+/// receiving CPU 1.36 s against 1.51 s in one batch (`--compare`, five runs of each build
+/// alternating), 1.63 s against 1.63 s in a later one (ten each), where the receiver's CPU
+/// per second of fetch was 1.09 against 1.14 (medians); 256 KiB did no better than 64 KiB.
+/// The copy out of this buffer is of bytes just received (likely still cached). A member
+/// asking all 49 others of a site of 50 holds 3 MiB of these while its lanes are open
+/// (`fleet-200`'s peak RSS, all 200 nodes in one process: 1,766 MiB against 1,724 MiB for
+/// the build before).
 const READ_BUFFER: usize = 64 << 10;
 
 /// A batch of chunk ids, numbered by the event loop.
