@@ -310,6 +310,14 @@ impl<S> Counted<S> {
         Counted { inner, class, link, classifier }
     }
 
+    /// Two counted streams made of this one's halves (e.g. a TCP stream's read and write halves),
+    /// counting where this one did.
+    pub fn split<A, B>(self, halves: impl FnOnce(S) -> (A, B)) -> (Counted<A>, Counted<B>) {
+        let (a, b) = halves(self.inner);
+        let other = Counted { inner: b, class: self.class, link: self.link.clone(), classifier: self.classifier.clone() };
+        (Counted { inner: a, class: self.class, link: self.link, classifier: self.classifier }, other)
+    }
+
     /// Count what a read (`inbound`) or a write moved, if it moved anything.
     fn count(&self, inbound: bool, r: &Poll<std::io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = r {
@@ -345,5 +353,40 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// The same counting for tokio's streams, which may read into memory not yet written (a lane's
+/// reader takes each chunk straight into the buffer it is kept in, see [`crate::lane::record`]).
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.count(true, &Poll::Ready(Ok(buf.filled().len() - before)));
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count(false, &r);
+        r
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count(false, &r);
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

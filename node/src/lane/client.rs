@@ -7,12 +7,12 @@
 //! (see `EventLoop::on_lane`).
 
 use super::Event;
-use super::frame::{self, Clock, Failure};
+use super::frame::{self, Failure};
+use super::record::{Clock, Lane};
 use super::tls::Identity;
 use crate::codec::SITE_PACE;
 use crate::event_loop::Done;
 use crate::traffic::{Classifier, Counted, LinkClass};
-use futures::AsyncReadExt;
 use layerhop_protocol::ChunkId;
 use libp2p::PeerId;
 use rustls::pki_types::ServerName;
@@ -25,18 +25,6 @@ use tokio::sync::mpsc;
 /// A lane with nothing asked for this long is closed (a site of 50 holds 49 lanes per member
 /// while it moves a release, none after).
 pub(crate) const IDLE: Duration = Duration::from_secs(5);
-
-/// What one read from the lane's socket may take. rustls reads at most 4 KiB past what its
-/// deframer holds per call; without a buffer beneath it a lane made 65,954 `recv` calls for
-/// the LAN bench's GiB, with it 17,145. What that saves is small against the host's noise:
-/// receiving CPU 1.36 s against 1.51 s in one batch (`--compare`, five runs of each build
-/// alternating), 1.63 s against 1.63 s in a later one (ten each), where the receiver's CPU
-/// per second of fetch was 1.09 against 1.14 (medians); 256 KiB did no better than 64 KiB.
-/// The copy out of this buffer is of bytes just received (likely still cached). A member
-/// asking all 49 others of a site of 50 holds 3 MiB of these while its lanes are open
-/// (`fleet-200`'s peak RSS, all 200 nodes in one process: 1,766 MiB against 1,724 MiB for
-/// the build before).
-const READ_BUFFER: usize = 64 << 10;
 
 /// A batch of chunk ids, numbered by the event loop.
 pub(crate) struct Job {
@@ -84,7 +72,8 @@ pub(crate) fn spawn(d: Dial, done: mpsc::Sender<Done>) -> Client {
     Client { tx, generation, open: false }
 }
 
-async fn connect(d: &Dial) -> Result<futures_rustls::client::TlsStream<futures::io::BufReader<Counted<libp2p::tcp::tokio::TcpStream>>>, Failure> {
+/// Connect, shake hands, and wait for the server's `ready`, all within `d.timeout`.
+async fn connect(d: &Dial) -> Result<Lane, Failure> {
     let lost = |what: &str, e: &dyn std::fmt::Display| Failure::Lost(format!("{what}: {e}"));
     let tcp = tokio::time::timeout(d.timeout, tokio::net::TcpStream::connect(d.addr))
         .await
@@ -97,26 +86,29 @@ async fn connect(d: &Dial) -> Result<futures_rustls::client::TlsStream<futures::
         return Err(Failure::Lost(format!("the lane to {} would leave over a metered link; not used", d.addr)));
     }
     d.classifier.bind(d.peer, class, &link);
-    let stream = futures::io::BufReader::with_capacity(READ_BUFFER, Counted::new(libp2p::tcp::tokio::TcpStream(tcp), class, link, d.classifier.clone()));
+    let stream = Counted::new(libp2p::tcp::tokio::TcpStream(tcp), class, link, d.classifier.clone());
     let config = d.identity.client(d.peer).map_err(Failure::Lost)?;
     // As libp2p's TLS handshake: no server name (the certificate names the peer id).
     let name = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
-    tokio::time::timeout(d.timeout, futures_rustls::TlsConnector::from(config).connect(name, stream))
-        .await
-        .map_err(|e| lost("TLS handshake", &e))?
-        .map_err(|e| lost("TLS handshake", &e))
+    let ready = async {
+        let tls = futures_rustls::TlsConnector::from(config).connect(name, stream).await.map_err(|e| lost("TLS handshake", &e))?;
+        let (io, conn) = tls.into_inner();
+        let mut lane = Lane::new(io, conn.dangerous_extract_secrets()).map_err(Failure::Lost)?;
+        frame::read_ready(&mut lane.rd, &mut lane.open, &mut Clock::new(SITE_PACE, d.timeout)).await?;
+        Ok(lane)
+    };
+    tokio::time::timeout(d.timeout, ready).await.map_err(|e| lost("TLS handshake", &e))?
 }
 
 async fn run(d: Dial, mut jobs: mpsc::UnboundedReceiver<Job>, done: &mpsc::Sender<Done>) -> Failure {
-    let tls = match connect(&d).await {
-        Ok(s) => s,
+    let Lane { mut rd, mut wr, mut seal, mut open } = match connect(&d).await {
+        Ok(lane) => lane,
         Err(f) => return f,
     };
     tracing::debug!(peer = %d.peer, addr = %d.addr, "lane open");
     if done.send(Done::Lane(Event::Opened { peer: d.peer, generation: d.generation })).await.is_err() {
         return Failure::Idle;
     }
-    let (mut rd, mut wr) = tls.split();
     // Requests written and not yet answered, in order.
     let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Job>();
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -132,7 +124,7 @@ async fn run(d: Dial, mut jobs: mpsc::UnboundedReceiver<Job>, done: &mpsc::Sende
                 Err(_) => continue,
             };
             waiting.fetch_add(1, Ordering::Relaxed);
-            frame::write_request(&mut wr, &job.ids).await?;
+            frame::write_request(&mut wr, &mut seal, &job.ids).await?;
             if sent_tx.send(job).is_err() {
                 break;
             }
@@ -144,7 +136,7 @@ async fn run(d: Dial, mut jobs: mpsc::UnboundedReceiver<Job>, done: &mpsc::Sende
     let reader = async move {
         while let Some(job) = sent_rx.recv().await {
             let mut clock = Clock::new(SITE_PACE, timeout);
-            let replies = frame::read_replies(&mut rd, job.ids.len(), &mut clock).await?;
+            let replies = frame::read_replies(&mut rd, &mut open, job.ids.len(), &mut clock).await?;
             in_flight.fetch_sub(1, Ordering::Relaxed);
             if done.send(Done::Lane(Event::Answer { peer, req: job.req, replies })).await.is_err() {
                 break;

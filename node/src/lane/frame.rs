@@ -1,22 +1,30 @@
-//! The lane's messages, inside TLS: a request is a count and that many 32-byte chunk ids; the
-//! answer is one record per id, in order: a kind byte (0 missing, 1 raw, 2 zstd), a 4-byte
-//! little-endian length, the bytes. No other framing: the lane carries nothing else.
+//! The lane's messages, each one record ([`super::record`]): the server's first record is
+//! `ready` (empty); a request is a record of 1 to 16 chunk ids (32 bytes each); the answer is
+//! one record per id, in order, of kind missing (empty), raw or zstd. Nothing else travels on
+//! a lane.
 //!
-//! What the reading side checks before it reads a byte of a record's body: the kind is known, a
-//! missing chunk has no bytes, and the length is within the chunk bound — so a hostile peer can
-//! make a reader hold at most one chunk's bound of memory per record. Each read also keeps the
-//! answer's [`Pace`]: once a batch's first byte has come, the bytes must keep up with the pace's
-//! floor (as for answers on the exchange protocol, see [`crate::codec`]); before it, the batch
-//! waits at most the request timeout, which is not held against the peer.
+//! What the reading side checks before it reads a byte of a record's body: the kind is one it
+//! expects, a missing chunk has no bytes, and the length is within the chunk bound — so a
+//! hostile peer can make a reader hold at most one chunk's bound of memory per record. Each
+//! read of an answer also keeps the answer's pace ([`Clock`]): once a batch's first byte has
+//! come, the bytes must keep up with the pace's floor (as for answers on the exchange protocol,
+//! see [`crate::codec`]); before it, the batch waits at most the request timeout, which is not
+//! held against the peer.
 
-use crate::codec::{Fault, Pace};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use super::record::{self, Clock, Opening, Sealing};
+use crate::codec::Fault;
 use layerhop_protocol::ChunkId;
 use layerhop_protocol::limits::{MAX_CHUNK, MAX_IDS_PER_REQUEST};
 use layerhop_protocol::wire::ChunkReply;
 use std::io::{self, IoSlice};
-use std::time::Duration;
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Record kinds.
+const MISSING: u8 = 0;
+const RAW: u8 = 1;
+const ZSTD: u8 = 2;
+const REQUEST: u8 = 3;
+const READY: u8 = 4;
 
 /// Why reading or writing on a lane ended.
 #[derive(Debug)]
@@ -35,138 +43,92 @@ impl From<io::Error> for Failure {
     }
 }
 
-fn malformed(reason: String) -> Failure {
-    Failure::Fault(Fault::Malformed { what: "lane answer", reason })
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Fault(fault) => fault.fmt(f),
+            Failure::Lost(why) => f.write_str(why),
+            Failure::Idle => f.write_str("idle"),
+        }
+    }
+}
+
+fn malformed(what: &'static str, reason: String) -> Failure {
+    Failure::Fault(Fault::Malformed { what, reason })
+}
+
+/// The server's first record: its handshake is done and it reads requests.
+pub(crate) async fn write_ready<W: AsyncWrite + Unpin>(w: &mut W, seal: &mut Sealing) -> io::Result<()> {
+    record::write_one(w, seal, READY, Vec::new()).await
+}
+
+/// Wait for the server's `ready` (the client writes nothing before it, see [`record`]).
+pub(crate) async fn read_ready<R: AsyncRead + Unpin>(r: &mut R, open: &mut Opening, clock: &mut Clock) -> Result<(), Failure> {
+    match record::read_head(r, clock).await? {
+        None => Err(Failure::Lost("the lane closed before it was ready".into())),
+        Some((h, READY, 0)) => record::read_body(r, open, h, 0, clock).await.map(drop),
+        Some((_, kind, len)) => Err(malformed("lane greeting", format!("a record of kind {kind} and {len} bytes, not ready"))),
+    }
 }
 
 /// Write a request for `ids` (1 to [`MAX_IDS_PER_REQUEST`] of them).
-pub(crate) async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, ids: &[ChunkId]) -> io::Result<()> {
+pub(crate) async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, seal: &mut Sealing, ids: &[ChunkId]) -> io::Result<()> {
     debug_assert!(!ids.is_empty() && ids.len() <= MAX_IDS_PER_REQUEST);
-    let mut buf = Vec::with_capacity(1 + 32 * ids.len());
-    buf.push(ids.len() as u8);
-    for id in ids {
-        buf.extend_from_slice(id.as_bytes());
-    }
-    w.write_all(&buf).await?;
-    w.flush().await
+    record::write_one(w, seal, REQUEST, ids.iter().flat_map(|id| *id.as_bytes()).collect()).await
 }
 
 /// Read a request; `Ok(None)` when the peer closed the lane between requests.
-pub(crate) async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<ChunkId>>, String> {
-    let mut n = [0u8; 1];
-    match r.read(&mut n).await {
-        Ok(0) => return Ok(None),
-        Ok(_) => {}
-        Err(e) => return Err(e.to_string()),
+pub(crate) async fn read_request<R: AsyncRead + Unpin>(r: &mut R, open: &mut Opening, clock: &mut Clock) -> Result<Option<Vec<ChunkId>>, Failure> {
+    let Some((h, kind, len)) = record::read_head(r, clock).await? else { return Ok(None) };
+    if kind != REQUEST || len == 0 || len % 32 != 0 || len / 32 > MAX_IDS_PER_REQUEST {
+        return Err(malformed("lane request", format!("a record of kind {kind} and {len} bytes, not a request for 1 to {MAX_IDS_PER_REQUEST} chunks")));
     }
-    let n = n[0] as usize;
-    if n == 0 || n > MAX_IDS_PER_REQUEST {
-        return Err(format!("a lane request for {n} chunks (1 to {MAX_IDS_PER_REQUEST})"));
-    }
-    let mut raw = vec![0u8; 32 * n];
-    r.read_exact(&mut raw).await.map_err(|e| e.to_string())?;
+    let raw = record::read_body(r, open, h, len, clock).await?;
     Ok(Some(raw.chunks_exact(32).map(|c| ChunkId::from_bytes(c.try_into().unwrap_or([0; 32]))).collect()))
 }
 
-/// Write the answer to one request: one record per reply, in order, handed to the writer as
-/// one vectored write (under TLS: full records across chunk boundaries, not a record for each
-/// 5-byte head, and the records out in as few system calls as TLS's send buffer allows).
-pub(crate) async fn write_replies<W: AsyncWrite + Unpin>(w: &mut W, replies: &[ChunkReply]) -> io::Result<()> {
-    let heads: Vec<[u8; 5]> = replies
-        .iter()
-        .map(|r| {
-            let (kind, len) = match r {
-                ChunkReply::Missing => (0, 0),
-                ChunkReply::Raw(b) => (1, b.len()),
-                ChunkReply::Zstd(b) => (2, b.len()),
-            };
-            let mut head = [kind, 0, 0, 0, 0];
-            head[1..].copy_from_slice(&(len as u32).to_le_bytes());
-            head
-        })
-        .collect();
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * replies.len());
-    for (head, r) in heads.iter().zip(replies) {
-        slices.push(IoSlice::new(head));
+/// Write the answer to one request: one record per reply, in order, each chunk sealed where it
+/// lies (so `replies` holds ciphertext after), the whole answer handed to the socket as one
+/// vectored write.
+pub(crate) async fn write_replies<W: AsyncWrite + Unpin>(w: &mut W, seal: &mut Sealing, replies: &mut [ChunkReply]) -> io::Result<()> {
+    let mut sealed = Vec::with_capacity(replies.len());
+    for r in replies.iter_mut() {
+        sealed.push(match r {
+            ChunkReply::Missing => seal.seal(MISSING, &mut [])?,
+            ChunkReply::Raw(b) => seal.seal(RAW, b)?,
+            ChunkReply::Zstd(b) => seal.seal(ZSTD, b)?,
+        });
+    }
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(3 * replies.len());
+    for ((h, tag), r) in sealed.iter().zip(replies.iter()) {
+        slices.push(IoSlice::new(h));
         if let ChunkReply::Raw(b) | ChunkReply::Zstd(b) = r {
             slices.push(IoSlice::new(b));
         }
+        slices.push(IoSlice::new(tag.as_ref()));
     }
-    let mut left = &mut slices[..];
-    while !left.is_empty() {
-        let n = w.write_vectored(left).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut left, n);
-    }
-    w.flush().await
-}
-
-/// The clock of one batch's answer: how long it may wait for its first byte, and the pace after.
-pub(crate) struct Clock {
-    pace: Pace,
-    /// The first byte must come before this.
-    wait_until: Instant,
-    first: Option<Instant>,
-    got: u64,
-}
-
-impl Clock {
-    /// A batch whose answer may take `wait` to begin.
-    pub(crate) fn new(pace: Pace, wait: Duration) -> Clock {
-        Clock { pace, wait_until: Instant::now() + wait, first: None, got: 0 }
-    }
-
-    fn deadline(&self) -> Instant {
-        match self.first {
-            None => self.wait_until,
-            Some(first) => self.pace.due(first, self.got),
-        }
-    }
-}
-
-/// Fill `buf`, keeping `clock`.
-async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8], clock: &mut Clock) -> Result<(), Failure> {
-    let mut at = 0;
-    while at < buf.len() {
-        let n = match tokio::time::timeout_at(clock.deadline(), r.read(&mut buf[at..])).await {
-            Ok(Ok(0)) => return Err(Failure::Lost("the lane closed mid-answer".into())),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => {
-                return Err(match clock.first {
-                    None => Failure::Lost("no answer within the request timeout".into()),
-                    Some(first) => Failure::Fault(Fault::Stalled { what: "lane answer", got: clock.got, secs: first.elapsed().as_secs_f64(), floor: clock.pace.floor }),
-                });
-            }
-        };
-        clock.first.get_or_insert_with(Instant::now);
-        clock.got += n as u64;
-        at += n;
-    }
-    Ok(())
+    record::write_all(w, &mut slices).await
 }
 
 /// Read the answer to a request for `n` chunks.
-pub(crate) async fn read_replies<R: AsyncRead + Unpin>(r: &mut R, n: usize, clock: &mut Clock) -> Result<Vec<ChunkReply>, Failure> {
+pub(crate) async fn read_replies<R: AsyncRead + Unpin>(r: &mut R, open: &mut Opening, n: usize, clock: &mut Clock) -> Result<Vec<ChunkReply>, Failure> {
     let mut replies = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut head = [0u8; 5];
-        fill(r, &mut head, clock).await?;
-        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let Some((h, kind, len)) = record::read_head(r, clock).await? else {
+            return Err(Failure::Lost(if clock.begun() { "the lane closed mid-answer" } else { "the lane closed" }.into()));
+        };
         if len > MAX_CHUNK {
             return Err(Failure::Fault(Fault::TooLarge { what: "lane chunk", len, limit: MAX_CHUNK }));
         }
-        let reply = match head[0] {
-            0 if len == 0 => ChunkReply::Missing,
-            0 => return Err(malformed(format!("a missing chunk with {len} bytes"))),
-            kind @ (1 | 2) => {
-                let mut bytes = vec![0u8; len];
-                fill(r, &mut bytes, clock).await?;
-                if kind == 1 { ChunkReply::Raw(bytes) } else { ChunkReply::Zstd(bytes) }
+        let reply = match kind {
+            MISSING if len == 0 => {
+                record::read_body(r, open, h, 0, clock).await?;
+                ChunkReply::Missing
             }
-            k => return Err(malformed(format!("unknown record kind {k}"))),
+            MISSING => return Err(malformed("lane answer", format!("a missing chunk with {len} bytes"))),
+            RAW => ChunkReply::Raw(record::read_body(r, open, h, len, clock).await?),
+            ZSTD => ChunkReply::Zstd(record::read_body(r, open, h, len, clock).await?),
+            k => return Err(malformed("lane answer", format!("unknown record kind {k}"))),
         };
         replies.push(reply);
     }
@@ -177,52 +139,67 @@ pub(crate) async fn read_replies<R: AsyncRead + Unpin>(r: &mut R, n: usize, cloc
 mod tests {
     use super::*;
     use crate::codec::SITE_PACE;
-    use futures::io::Cursor;
+    use std::io::Cursor;
+    use std::time::Duration;
 
     fn id(b: u8) -> ChunkId {
         ChunkId::from_bytes([b; 32])
     }
 
+    fn clock() -> Clock {
+        Clock::new(SITE_PACE, Duration::from_secs(5))
+    }
+
     #[tokio::test]
     async fn requests_and_answers_round_trip() {
-        let mut w = Cursor::new(Vec::new());
-        write_request(&mut w, &[id(1), id(2)]).await.expect("write");
-        let mut r = Cursor::new(w.into_inner());
-        assert_eq!(read_request(&mut r).await.expect("read"), Some(vec![id(1), id(2)]));
-        assert_eq!(read_request(&mut r).await.expect("end"), None);
+        let (mut seal, mut open) = record::test_keys();
+        let mut w = Vec::new();
+        write_ready(&mut w, &mut seal).await.expect("ready");
+        write_request(&mut w, &mut seal, &[id(1), id(2)]).await.expect("write");
+        let mut r = Cursor::new(w);
+        read_ready(&mut r, &mut open, &mut clock()).await.expect("ready");
+        assert_eq!(read_request(&mut r, &mut open, &mut clock()).await.expect("read"), Some(vec![id(1), id(2)]));
+        assert!(read_request(&mut r, &mut open, &mut clock()).await.expect("end").is_none());
 
         let replies = vec![ChunkReply::Raw(vec![7; 1000]), ChunkReply::Missing, ChunkReply::Zstd(vec![1, 2, 3])];
-        let mut w = Cursor::new(Vec::new());
-        write_replies(&mut w, &replies).await.expect("write");
-        let mut r = Cursor::new(w.into_inner());
-        let got = read_replies(&mut r, 3, &mut Clock::new(SITE_PACE, Duration::from_secs(5))).await.expect("read");
+        let mut w = Vec::new();
+        write_replies(&mut w, &mut seal, &mut replies.clone()).await.expect("write");
+        let got = read_replies(&mut Cursor::new(w), &mut open, 3, &mut clock()).await.expect("read");
         assert_eq!(got, replies);
+    }
+
+    /// A head as a hostile peer would write it (no body follows: it must not be read).
+    fn head(kind: u8, len: u32) -> Vec<u8> {
+        let mut h = vec![kind];
+        h.extend_from_slice(&len.to_le_bytes());
+        h
     }
 
     #[tokio::test]
     async fn hostile_answers_are_faults_before_their_bodies_are_read() {
-        let cases: [(&[u8], &str); 3] = [
-            (&[1, 0xff, 0xff, 0xff, 0xff], "over"),
-            (&[9, 0, 0, 0, 0], "unknown record kind 9"),
-            (&[0, 5, 0, 0, 0], "a missing chunk with 5 bytes"),
-        ];
+        let cases = [(head(1, u32::MAX), "over"), (head(9, 0), "unknown record kind 9"), (head(0, 5), "a missing chunk with 5 bytes"), (head(READY, 0), "unknown record kind 4")];
         for (bytes, words) in cases {
-            let mut r = Cursor::new(bytes.to_vec());
-            match read_replies(&mut r, 1, &mut Clock::new(SITE_PACE, Duration::from_secs(5))).await {
+            let (_, mut open) = record::test_keys();
+            match read_replies(&mut Cursor::new(bytes.clone()), &mut open, 1, &mut clock()).await {
                 Err(Failure::Fault(f)) => assert!(f.to_string().contains(words), "{f}"),
                 other => panic!("{bytes:?}: {other:?}"),
             }
         }
         // Cut short: lost, not a fault (an honest peer that died mid-answer).
-        let mut r = Cursor::new(vec![1, 10, 0, 0, 0, 1, 2]);
-        assert!(matches!(read_replies(&mut r, 1, &mut Clock::new(SITE_PACE, Duration::from_secs(5))).await, Err(Failure::Lost(_))));
+        let (mut seal, mut open) = record::test_keys();
+        let mut w = Vec::new();
+        write_replies(&mut w, &mut seal, &mut [ChunkReply::Raw(vec![3; 10])]).await.expect("write");
+        w.truncate(w.len() - 4);
+        assert!(matches!(read_replies(&mut Cursor::new(w), &mut open, 1, &mut clock()).await, Err(Failure::Lost(_))));
     }
 
     #[tokio::test]
-    async fn bad_requests_are_refused() {
-        for bytes in [vec![0u8], vec![17u8], vec![2u8; 40]] {
-            let mut r = Cursor::new(bytes.clone());
-            assert!(read_request(&mut r).await.is_err(), "{bytes:?}");
+    async fn bad_requests_and_greetings_are_refused() {
+        for bytes in [head(REQUEST, 0), head(REQUEST, 17 * 32), head(REQUEST, 33), head(RAW, 32)] {
+            let (_, mut open) = record::test_keys();
+            assert!(read_request(&mut Cursor::new(bytes.clone()), &mut open, &mut clock()).await.is_err(), "{bytes:?}");
         }
+        let (_, mut open) = record::test_keys();
+        assert!(matches!(read_ready(&mut Cursor::new(head(RAW, 0)), &mut open, &mut clock()).await, Err(Failure::Fault(_))));
     }
 }

@@ -7,8 +7,10 @@
 //! LAN bench (`bench_lan`, 1 GiB between two nodes on one 2-core host) that path used 4.5-4.7 s
 //! of CPU per GiB (both nodes), ChaCha20-Poly1305 alone ~0.85 s of it, and moved the release at
 //! 0.36-0.40 of the speed of a plain TCP copy; on a lane, 3.2-3.6 s and 0.55-0.65. A lane
-//! carries only chunk requests and answers ([`frame`]) inside TLS 1.3 with AES-GCM ([`tls`]),
-//! pipelined on one connection, read and written by a task of its own off the event loop.
+//! carries only chunk requests and answers ([`frame`]), pipelined on one connection, read and
+//! written by a task of its own off the event loop: a TLS 1.3 handshake ([`tls`]), then records
+//! of its own under the keys TLS derived, one per message, so that a chunk is neither copied
+//! nor zeroed on its way from the socket to the store ([`record`]).
 //!
 //! What stays as on the exchange protocol: who may ask (site members over a LAN link, see
 //! [`server`]), that a metered link is never used (a lane is opened only to a member whose
@@ -24,6 +26,7 @@
 
 pub(crate) mod client;
 pub(crate) mod frame;
+pub(crate) mod record;
 pub(crate) mod server;
 pub(crate) mod tls;
 

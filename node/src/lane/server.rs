@@ -12,10 +12,11 @@
 //! from the store while one is written ([`AHEAD`]).
 
 use super::frame;
+use super::record::{Clock, Lane};
 use super::tls::{Identity, peer_of};
+use crate::codec::SITE_PACE;
 use crate::status::ServedCounters;
 use crate::traffic::{Classifier, Counted, LinkClass};
-use futures::AsyncReadExt;
 use layerhop_protocol::wire::ChunkReply;
 use layerhop_store::Store;
 use libp2p::PeerId;
@@ -34,12 +35,6 @@ const IDLE: Duration = Duration::from_secs(120);
 const PER_PEER: usize = 2;
 /// Time to write one answer (up to 16 chunks): a member that stops reading is let go.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
-/// TLS may hold this many bytes of records not yet sent (rustls's default is 64 KiB): an
-/// answer goes to TLS as one vectored write (see [`frame::write_replies`]) and its records to
-/// the socket as one `writev` of up to 64 records. Sent one record (16 KiB) at a time, as
-/// before, a GiB took ~64,000 `sendto` calls and as many small segments for the receiver to
-/// take in.
-const SEND_BUFFER: usize = 256 << 10;
 /// Answers prepared while one is written: a lane holds at most `AHEAD + 1` answers of up to 16
 /// chunks in memory (8 MiB at the chunk bound).
 const AHEAD: usize = 1;
@@ -139,17 +134,19 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
     }
     let _ = tcp.set_nodelay(true);
     let stream = Counted::new(libp2p::tcp::tokio::TcpStream(tcp), class, link.clone(), s.classifier.clone());
-    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, futures_rustls::TlsAcceptor::from(s.identity.server()).accept(stream))
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, futures_rustls::TlsAcceptor::from(s.identity.server()).accept(stream))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
-    tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
     let peer = peer_of(tls.get_ref().1).ok_or("no peer certificate")?;
     s.classifier.bind(peer, class, &link);
     let Some(_entered) = s.access.enter(peer) else {
         return Err(format!("{peer} has {PER_PEER} lanes open already"));
     };
-    let (mut rd, mut wr) = tls.split();
+    let (io, conn) = tls.into_inner();
+    let Lane { mut rd, mut wr, mut seal, mut open } = Lane::new(io, conn.dangerous_extract_secrets())?;
+    // Into the socket's empty send buffer: does not wait on the peer.
+    frame::write_ready(&mut wr, &mut seal).await.map_err(|e| format!("{peer}: {e}"))?;
     // The next request is read, and its chunks read from the store, while an answer is
     // written (AHEAD answers ahead at most): reading and hashing a batch overlaps encrypting and
     // sending the one before.
@@ -158,10 +155,13 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
     // ends once it has written every answer asked for.
     let reader = async move {
         loop {
-            let ids = match tokio::time::timeout(IDLE, frame::read_request(&mut rd)).await {
-                Err(_) | Ok(Ok(None)) => return Ok(()),
-                Ok(Ok(Some(ids))) => ids,
-                Ok(Err(e)) => return Err(format!("{peer}: {e}")),
+            // A request may take IDLE to begin, and must keep the site's pace after.
+            let mut clock = Clock::new(SITE_PACE, IDLE);
+            let ids = match frame::read_request(&mut rd, &mut open, &mut clock).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(ids)) => ids,
+                Err(_) if !clock.begun() => return Ok(()),
+                Err(e) => return Err(format!("{peer}: {e}")),
             };
             if !s.access.allowed(&peer) {
                 return Err(format!("{peer} is not a site member reached over the LAN"));
@@ -174,8 +174,8 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
     };
     let writer = async move {
         while let Some(next) = rx.recv().await {
-            let replies = next.await.map_err(|e| e.to_string())?;
-            match tokio::time::timeout(WRITE_TIMEOUT, frame::write_replies(&mut wr, &replies)).await {
+            let mut replies = next.await.map_err(|e| e.to_string())?;
+            match tokio::time::timeout(WRITE_TIMEOUT, frame::write_replies(&mut wr, &mut seal, &mut replies)).await {
                 Ok(r) => r.map_err(|e| format!("{peer}: {e}"))?,
                 Err(_) => return Err(format!("{peer} read nothing of an answer for {} s", WRITE_TIMEOUT.as_secs())),
             }

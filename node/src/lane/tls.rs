@@ -1,4 +1,6 @@
-//! The lane's TLS: TLS 1.3, both ends authenticated by their libp2p identity, AES-GCM first.
+//! The lane's TLS handshake: TLS 1.3, both ends authenticated by their libp2p identity, AES-GCM
+//! first. Only the handshake: the records after it are the lane's own, under the keys this
+//! handshake derived ([`super::record`]).
 //!
 //! The certificates are libp2p's (the `libp2p-tls` spec: a self-signed certificate carrying the
 //! host's public key and its signature over the certificate's key), generated and parsed by
@@ -19,8 +21,10 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::sync::Arc;
 
-/// ALPN of the lane's protocol; bumped on incompatible change.
-pub(crate) const ALPN: &[u8] = b"layerhop-lane/1";
+/// ALPN of the lane's protocol; bumped on incompatible change (2: the lane's own records after
+/// the handshake). Builds of different versions fail each other's handshake, and the asking
+/// side asks over the exchange protocol instead (see [`crate::lane`]).
+pub(crate) const ALPN: &[u8] = b"layerhop-lane/2";
 
 /// This node's lane certificate and its key, made once at start.
 pub(crate) struct Identity {
@@ -54,6 +58,10 @@ impl Identity {
         server.alpn_protocols = vec![ALPN.to_vec()];
         // The server's preference decides: AES-GCM even for a client that lists ChaCha first.
         server.ignore_client_order = true;
+        // Past the handshake the lane protects its own records ([`super::record`]): it takes
+        // the keys, and nothing may follow the handshake on TLS's side.
+        server.enable_secret_extraction = true;
+        server.send_tls13_tickets = 0;
         Ok(Identity { certified, server: Arc::new(server) })
     }
 
@@ -71,6 +79,7 @@ impl Identity {
             .with_custom_certificate_verifier(Arc::new(PeerVerifier { expect: Some(peer) }))
             .with_client_cert_resolver(self.certified.clone());
         c.alpn_protocols = vec![ALPN.to_vec()];
+        c.enable_secret_extraction = true;
         Ok(Arc::new(c))
     }
 }

@@ -1,0 +1,313 @@
+//! The lane's records once its TLS handshake is done: what kernel TLS (kTLS) does after a
+//! user-space handshake, done in the lane's own tasks.
+//!
+//! Why not TLS's records: the receiving side is bound by CPU (see [`crate::lane`]), and on it
+//! rustls (as any buffered TLS) moved every byte three times besides decrypting it — from the
+//! socket's buffer into a read buffer, into its deframer, decrypted there and copied out to the
+//! chunk's buffer, which had been zeroed first. In a profile of the LAN bench's receiver those
+//! copies, the zeroing and their allocations were ~14% of its CPU (memmove 5.9%, memset 4.0%,
+//! malloc/free 2.7%, rustls's record handling), and the sending side spent 8.1% copying each
+//! 16 KiB record into its send buffer. kTLS would take the records after the handshake in the
+//! kernel, but not every device's kernel has it (the bench's host is built without
+//! `CONFIG_TLS`).
+//!
+//! So the handshake stays TLS 1.3 (both ends proven by their libp2p identity, [`super::tls`]),
+//! and then both ends take the traffic secrets it derived (rustls's
+//! `dangerous_extract_secrets`, the API meant for kTLS) and protect records themselves, with the
+//! same AEAD (from `aws-lc-rs`, the crypto beneath rustls's provider):
+//! - A record is one message — a chunk (up to `MAX_CHUNK`), a request, or the server's `ready`
+//!   — as a 5-byte head (kind `u8`, plaintext length `u32` little-endian), the ciphertext, and
+//!   a 16-byte tag. The head is the AEAD's associated data, so kind and length are
+//!   authenticated too.
+//! - The nonce is TLS 1.3's: the direction's IV XOR the record's sequence number (RFC 8446
+//!   §5.3), counted on from where TLS left it. Each direction has its own key, so a record
+//!   cannot be replayed, reordered, reflected or dropped without the next one failing to open.
+//! - A key protects at most [`MAX_BYTES`] (64 GiB) per direction; TLS 1.3 allows AES-GCM
+//!   2^24.5 full records per key (~370 GiB, RFC 8446 §5.5). A lane that reaches it fails and
+//!   the asking side opens a new one.
+//! - A record that does not open ends the lane as lost, as a TLS record that fails to decrypt
+//!   did: the asking side asks again elsewhere.
+//!
+//! One record per message is what saves the copies: the receiver reads a chunk's ciphertext
+//! straight into the spare capacity of the buffer the chunk is then kept in (nothing zeroed)
+//! and opens it there; the sender seals each chunk where it lies and hands head, chunk and tag
+//! of a whole answer to one `writev`.
+//!
+//! Nothing but the handshake goes through rustls. The server sends no session tickets, and
+//! neither end writes past its handshake before the other is done with its own: the server's
+//! first record is `ready`, and the client writes nothing until it has read it — so no record
+//! can sit in rustls's buffers when the secrets are taken (a peer that writes early breaks
+//! only its own lane: its records fail to open).
+
+use super::frame::Failure;
+use crate::codec::{Fault, Pace};
+use crate::traffic::Counted;
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use bytes::BufMut;
+use rustls::ConnectionTrafficSecrets;
+use std::io::{self, IoSlice};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+
+/// A record's head: kind and plaintext length.
+pub(crate) const HEAD: usize = 5;
+/// The AEAD's tag after each record's ciphertext.
+pub(crate) const TAG: usize = 16;
+/// Bytes one key protects in one direction (see the module docs).
+pub(crate) const MAX_BYTES: u64 = 64 << 30;
+
+/// One direction's key and where its sequence is.
+struct Key {
+    key: LessSafeKey,
+    iv: [u8; NONCE_LEN],
+    seq: u64,
+    bytes: u64,
+}
+
+impl Key {
+    fn new(seq: u64, secrets: &ConnectionTrafficSecrets) -> Result<Key, String> {
+        let (algorithm, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&aead::CHACHA20_POLY1305, key, iv),
+            _ => return Err("the lane's TLS agreed a cipher its records do not use".into()),
+        };
+        let iv = iv.as_ref().try_into().map_err(|_| "the lane's TLS gave an IV of an unexpected length".to_string())?;
+        let key = UnboundKey::new(algorithm, key.as_ref()).map_err(|_| "the lane's TLS gave a key of an unexpected length".to_string())?;
+        Ok(Key { key: LessSafeKey::new(key), iv, seq, bytes: 0 })
+    }
+
+    /// The next record's nonce, counting its `len` bytes against [`MAX_BYTES`].
+    fn next(&mut self, len: usize) -> io::Result<Nonce> {
+        self.bytes += (len + TAG) as u64;
+        if self.bytes > MAX_BYTES {
+            return Err(io::Error::other(format!("the lane's key has protected {} GiB; a new lane takes over", MAX_BYTES >> 30)));
+        }
+        let mut nonce = self.iv;
+        for (n, s) in nonce[NONCE_LEN - 8..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        self.seq = self.seq.checked_add(1).ok_or_else(|| io::Error::other("the lane's record sequence ran out"))?;
+        Ok(Nonce::assume_unique_for_key(nonce))
+    }
+}
+
+/// The key records are sealed with (this end's sending direction).
+pub(crate) struct Sealing(Key);
+/// The key records are opened with (the other end's sending direction).
+pub(crate) struct Opening(Key);
+
+/// A record's head.
+fn head(kind: u8, len: usize) -> [u8; HEAD] {
+    let mut h = [kind, 0, 0, 0, 0];
+    h[1..].copy_from_slice(&(len as u32).to_le_bytes());
+    h
+}
+
+impl Sealing {
+    /// Seal `body` in place as a record of `kind`: its head and tag.
+    pub(crate) fn seal(&mut self, kind: u8, body: &mut [u8]) -> io::Result<([u8; HEAD], aead::Tag)> {
+        let h = head(kind, body.len());
+        let nonce = self.0.next(body.len())?;
+        let tag = self.0.key.seal_in_place_separate_tag(nonce, Aad::from(h), body).map_err(|_| io::Error::other("sealing a lane record failed"))?;
+        Ok((h, tag))
+    }
+}
+
+impl Opening {
+    /// Open a record of head `h` whose ciphertext and tag are `sealed`, in place; its plaintext.
+    fn open<'a>(&mut self, h: [u8; HEAD], sealed: &'a mut [u8]) -> Result<&'a mut [u8], Failure> {
+        let nonce = self.0.next(sealed.len().saturating_sub(TAG))?;
+        self.0.key.open_in_place(nonce, Aad::from(h), sealed).map_err(|_| Failure::Lost("a lane record failed to authenticate".into()))
+    }
+}
+
+/// A lane after its handshake: the socket's halves, counted, and the keys for each direction.
+pub(crate) struct Lane {
+    pub(crate) rd: Counted<OwnedReadHalf>,
+    pub(crate) wr: Counted<OwnedWriteHalf>,
+    pub(crate) seal: Sealing,
+    pub(crate) open: Opening,
+}
+
+impl Lane {
+    /// Take over `io` from a finished TLS handshake whose secrets are `secrets`.
+    pub(crate) fn new(io: Counted<libp2p::tcp::tokio::TcpStream>, secrets: Result<rustls::ExtractedSecrets, rustls::Error>) -> Result<Lane, String> {
+        let s = secrets.map_err(|e| format!("taking the lane's keys from TLS: {e}"))?;
+        let (seal, open) = (Sealing(Key::new(s.tx.0, &s.tx.1)?), Opening(Key::new(s.rx.0, &s.rx.1)?));
+        let (rd, wr) = io.split(|s| s.0.into_split());
+        Ok(Lane { rd, wr, seal, open })
+    }
+}
+
+/// Both ends of one direction under one made-up key, for tests of what reads records.
+#[cfg(test)]
+pub(crate) fn test_keys() -> (Sealing, Opening) {
+    let key = |b| Key { key: LessSafeKey::new(UnboundKey::new(&aead::AES_128_GCM, &[b; 16]).expect("key")), iv: [7; NONCE_LEN], seq: 0, bytes: 0 };
+    (Sealing(key(1)), Opening(key(1)))
+}
+
+/// Write `slices` whole (one `writev` for as much as the socket takes).
+pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        let n = w.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// Seal `body` as one record of `kind` and write it.
+pub(crate) async fn write_one<W: AsyncWrite + Unpin>(w: &mut W, seal: &mut Sealing, kind: u8, mut body: Vec<u8>) -> io::Result<()> {
+    let (h, tag) = seal.seal(kind, &mut body)?;
+    write_all(w, &mut [IoSlice::new(&h), IoSlice::new(&body), IoSlice::new(tag.as_ref())]).await
+}
+
+/// The clock of reading one message (a batch's answer, a request): how long it may wait for its
+/// first byte, and the pace its bytes must keep after.
+pub(crate) struct Clock {
+    pace: Pace,
+    /// The first byte must come before this.
+    wait_until: Instant,
+    first: Option<Instant>,
+    got: u64,
+}
+
+impl Clock {
+    /// A message that may take `wait` to begin.
+    pub(crate) fn new(pace: Pace, wait: Duration) -> Clock {
+        Clock { pace, wait_until: Instant::now() + wait, first: None, got: 0 }
+    }
+
+    /// Whether its first byte has come.
+    pub(crate) fn begun(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// One read within the clock: what it read.
+    async fn read(&mut self, read: impl Future<Output = io::Result<usize>>) -> Result<usize, Failure> {
+        let due = match self.first {
+            None => self.wait_until,
+            Some(first) => self.pace.due(first, self.got),
+        };
+        let n = match tokio::time::timeout_at(due, read).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(match self.first {
+                    None => Failure::Lost("nothing came within the request timeout".into()),
+                    Some(first) => Failure::Fault(Fault::Stalled { what: "lane answer", got: self.got, secs: first.elapsed().as_secs_f64(), floor: self.pace.floor }),
+                });
+            }
+        };
+        if n > 0 {
+            self.first.get_or_insert_with(Instant::now);
+            self.got += n as u64;
+        }
+        Ok(n)
+    }
+}
+
+/// Read a record's head: its kind and length; `None` if the lane closed before its first byte.
+pub(crate) async fn read_head<R: AsyncRead + Unpin>(r: &mut R, clock: &mut Clock) -> Result<Option<([u8; HEAD], u8, usize)>, Failure> {
+    let mut h = [0u8; HEAD];
+    let mut at = 0;
+    while at < HEAD {
+        match clock.read(r.read(&mut h[at..])).await? {
+            0 if at == 0 => return Ok(None),
+            0 => return Err(Failure::Lost("the lane closed mid-record".into())),
+            n => at += n,
+        }
+    }
+    Ok(Some((h, h[0], u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize)))
+}
+
+/// Read the ciphertext and tag of the record of head `h` (its length `len`, checked by the
+/// caller) into a buffer of their size, not zeroed first, and open it there: the plaintext.
+pub(crate) async fn read_body<R: AsyncRead + Unpin>(r: &mut R, open: &mut Opening, h: [u8; HEAD], len: usize, clock: &mut Clock) -> Result<Vec<u8>, Failure> {
+    let want = len + TAG;
+    let mut buf = Vec::with_capacity(want);
+    while buf.len() < want {
+        let left = want - buf.len();
+        if clock.read(r.read_buf(&mut (&mut buf).limit(left))).await? == 0 {
+            return Err(Failure::Lost("the lane closed mid-record".into()));
+        }
+    }
+    let plain = open.open(h, &mut buf)?.len();
+    buf.truncate(plain);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::SITE_PACE;
+
+    fn clock() -> Clock {
+        Clock::new(SITE_PACE, Duration::from_secs(5))
+    }
+
+    async fn read_one(bytes: Vec<u8>, open: &mut Opening) -> Result<(u8, Vec<u8>), Failure> {
+        let mut r = std::io::Cursor::new(bytes);
+        let (h, kind, len) = read_head(&mut r, &mut clock()).await?.expect("a head");
+        Ok((kind, read_body(&mut r, open, h, len, &mut clock()).await?))
+    }
+
+    async fn sealed(seal: &mut Sealing, kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut w = Vec::new();
+        write_one(&mut w, seal, kind, body.to_vec()).await.expect("write");
+        w
+    }
+
+    #[tokio::test]
+    async fn records_open_in_order_and_say_their_kind() {
+        let (mut seal, mut open) = test_keys();
+        let a = sealed(&mut seal, 1, &[9; 1000]).await;
+        let b = sealed(&mut seal, 0, &[]).await;
+        assert_eq!(a.len(), HEAD + 1000 + TAG);
+        assert_ne!(&a[HEAD..HEAD + 1000], &[9; 1000][..], "the body is not sent in the clear");
+        assert_eq!(read_one(a, &mut open).await.expect("first"), (1, vec![9; 1000]));
+        assert_eq!(read_one(b, &mut open).await.expect("second"), (0, vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_record_changed_replayed_or_skipped_does_not_open() {
+        let (mut seal, _) = test_keys();
+        let first = sealed(&mut seal, 1, b"first").await;
+        let second = sealed(&mut seal, 1, b"second").await;
+        let mut flipped = first.clone();
+        flipped[HEAD + 2] ^= 1;
+        let mut relabelled = first.clone();
+        relabelled[0] = 2;
+        for (what, bytes) in [("a flipped bit", flipped), ("another kind in the head", relabelled), ("the second record first", second)] {
+            let (_, mut open) = test_keys();
+            match read_one(bytes, &mut open).await {
+                Err(Failure::Lost(why)) => assert!(why.contains("authenticate"), "{what}: {why}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        let (_, mut open) = test_keys();
+        read_one(first.clone(), &mut open).await.expect("the first record");
+        assert!(read_one(first, &mut open).await.is_err(), "the first record again");
+    }
+
+    #[tokio::test]
+    async fn a_record_cut_short_is_lost() {
+        let (mut seal, mut open) = test_keys();
+        let mut bytes = sealed(&mut seal, 1, &[5; 100]).await;
+        bytes.truncate(HEAD + 50);
+        assert!(matches!(read_one(bytes, &mut open).await, Err(Failure::Lost(why)) if why.contains("mid-record")));
+    }
+
+    #[test]
+    fn a_key_stops_at_its_bound() {
+        let (mut seal, _) = test_keys();
+        seal.0.bytes = MAX_BYTES - 100 - TAG as u64;
+        let _sealed = seal.seal(1, &mut [0; 100]).expect("up to the bound");
+        let e = seal.seal(1, &mut [0; 1]).expect_err("past the bound");
+        assert!(e.to_string().contains("64 GiB"), "{e}");
+    }
+}
