@@ -30,3 +30,31 @@ fn bench_lan_moves_a_release_over_a_lane_and_reports_it() {
     assert!(metered_in < bytes / 20, "the joining device paid the metered link: {metered_in} bytes");
     assert!(v["receiver_lane_answers"].as_u64().is_some_and(|x| x > 0), "no answer came over a lane: {v}");
 }
+
+/// `--compare` runs both devices of the LAN path on each build in turn, restarting the sending
+/// device A when the build changes: every run still takes the release from A over a lane.
+#[test]
+fn bench_lan_compare_alternates_both_lan_devices_between_builds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = dir.path().join("layerhop-other");
+    std::fs::copy(binary(), &other).expect("a second build");
+    let out = Command::new(build("layerhop-simulations", "bench_lan"))
+        .args(["--size-mib", "16", "--runs", "2", "--json", "--layerhop"])
+        .arg(binary())
+        .arg("--compare")
+        .arg(&other)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("running bench_lan");
+    assert!(out.status.success(), "bench_lan --compare failed: {}", String::from_utf8_lossy(&out.stderr));
+    let builds: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert_eq!(builds.len(), 2, "one object per build");
+    for (v, build) in builds.iter().zip([binary().to_path_buf(), other]) {
+        let runs = v["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 1, "{v}");
+        assert_eq!(runs[0]["build"].as_str(), Some(build.to_string_lossy().as_ref()), "{v}");
+        assert!(v["receiver_lane_answers"].as_u64().is_some_and(|x| x > 0), "no answer came over a lane: {v}");
+        assert!(v["receiver_lan_in"].as_u64().is_some_and(|x| x >= 16 << 20), "the release did not come over the LAN: {v}");
+    }
+}
