@@ -209,3 +209,40 @@ async fn a_peer_gets_two_lanes_at_once_not_three() {
         g += 1;
     }
 }
+
+/// A raw TLS connection to the server `s` as `me`, offering `alpn`.
+async fn handshake(s: &Server, me: &Keypair, alpn: &[u8]) -> std::io::Result<futures_rustls::client::TlsStream<libp2p::tcp::tokio::TcpStream>> {
+    let mut config = (*Identity::new(me).expect("identity").client(s.peer).expect("config")).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.addr).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+    futures_rustls::TlsConnector::from(Arc::new(config)).connect(name, libp2p::tcp::tokio::TcpStream(tcp)).await
+}
+
+#[tokio::test]
+async fn a_lane_of_another_version_is_refused_at_its_handshake() {
+    let s = server().await;
+    let me = member(&s);
+    let refused = handshake(&s, &me, b"layerhop-lane/1").await;
+    assert!(refused.is_err(), "a client of the lane's first version shook hands");
+    // The same member speaking this version is served.
+    handshake(&s, &me, super::tls::ALPN).await.expect("this version's handshake");
+}
+
+#[tokio::test]
+async fn a_member_whose_records_do_not_open_is_let_go_and_others_are_still_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = server().await;
+    let me = member(&s);
+    let (io, _) = handshake(&s, &me, super::tls::ALPN).await.expect("handshake").into_inner();
+    let mut tcp = io.0;
+    // A well-formed head of a request for one chunk, then bytes not sealed by the lane's key.
+    let mut forged = vec![3, 32, 0, 0, 0];
+    forged.extend_from_slice(&[0x5a; 32 + 16]);
+    tcp.write_all(&forged).await.expect("write");
+    // The server closes the lane: its `ready` record, then the end of the stream.
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await.expect("the lane was not closed").expect("read");
+    assert_eq!(got.len(), super::record::HEAD + super::record::TAG, "only `ready` came back: {got:?}");
+    assert!(matches!(ask(&me, s.addr, s.peer, lan(), vec![s.id]).await, Event::Answer { .. }), "the member was not served afterwards");
+}
