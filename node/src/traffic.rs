@@ -357,7 +357,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 }
 
 /// The same counting for tokio's streams, which may read into memory not yet written (a lane's
-/// reader takes each chunk straight into the buffer it is kept in, see [`crate::lane::record`]).
+/// reader takes each chunk straight into the buffer it is kept in, see `lane::record`).
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
