@@ -5,8 +5,8 @@
 //! rustls (as any buffered TLS) moved every byte three times besides decrypting it — from the
 //! socket's buffer into a read buffer, into its deframer, decrypted there and copied out to the
 //! chunk's buffer, which had been zeroed first. In a profile of the LAN bench's receiver those
-//! copies, the zeroing and their allocations were ~14% of its CPU (memmove 5.9%, memset 4.0%,
-//! malloc/free 2.7%, rustls's record handling), and the sending side spent 8.1% copying each
+//! copies, the zeroing and their allocations were ~13% of its CPU (memmove 5.9%, memset 4.0%,
+//! malloc/free 2.7%; rustls's record handling besides), and the sending side spent 8.1% copying each
 //! 16 KiB record into its send buffer. kTLS would take the records after the handshake in the
 //! kernel, but not every device's kernel has it (the bench's host is built without
 //! `CONFIG_TLS`).
@@ -24,15 +24,18 @@
 //!   §5.3), counted on from where TLS left it. Each direction has its own key, so a record
 //!   cannot be replayed, reordered, reflected or dropped without the next one failing to open.
 //! - A key protects at most [`MAX_BYTES`] (64 GiB) per direction; TLS 1.3 allows AES-GCM
-//!   2^24.5 full records per key (~370 GiB, RFC 8446 §5.5). A lane that reaches it fails and
-//!   the asking side opens a new one.
+//!   2^24.5 full records per key (~370 GiB, RFC 8446 §5.5). A lane that reaches it fails as
+//!   lost: the asking side asks over the exchange protocol for a while, then opens a new lane.
 //! - A record that does not open ends the lane as lost, as a TLS record that fails to decrypt
 //!   did: the asking side asks again elsewhere.
 //!
 //! One record per message is what saves the copies: the receiver reads a chunk's ciphertext
 //! straight into the spare capacity of the buffer the chunk is then kept in (nothing zeroed)
 //! and opens it there; the sender seals each chunk where it lies and hands head, chunk and tag
-//! of a whole answer to one `writev`.
+//! of a whole answer to one `writev`. Measured on the LAN bench (1 GiB, both devices of each
+//! build, runs alternating, five each): fetch 1.40 s against 1.64 s with TLS's records,
+//! receiving CPU 1.39 s against 1.65 s (medians); the sending node's CPU 0.52-0.58 s against
+//! 0.71-0.82 s (medians of separate invocations).
 //!
 //! Nothing but the handshake goes through rustls. The server sends no session tickets, and
 //! neither end writes past its handshake before the other is done with its own: the server's
