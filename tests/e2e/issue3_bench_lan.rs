@@ -20,7 +20,7 @@ fn bench_lan_moves_a_release_over_a_lane_and_reports_it() {
     let bytes = v["bytes"].as_u64().expect("bytes");
     assert_eq!(bytes, 32 << 20);
     assert_eq!(v["runs"].as_array().map(Vec::len), Some(1), "{v}");
-    for key in ["lan_seconds", "tcp_copy_seconds", "tcp_copy_to_null_seconds", "ratio", "receiver_cpu_seconds"] {
+    for key in ["lan_seconds", "tcp_copy_seconds", "tcp_copy_to_null_seconds", "ratio", "receiver_cpu_seconds", "tcp_copy_cpu_seconds", "lan_cpu_seconds"] {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
     }
     assert!(v["receiver_peak_rss_bytes"].as_u64().is_some_and(|x| x > 0), "{v}");
