@@ -27,6 +27,10 @@
 //! rounds, and fetched 2-3 chunks twice from the seed; with 1 ms, 191-193 s and none twice,
 //! the LAN bench unchanged (1.48 s against 1.50 s, medians of four).
 //!
+//! Hashing on a thread of its own, ahead of the writer (so a core stalled in the copy into the
+//! page cache does not hold up the hashing), was tried: 1.37 s against 1.35 s on the LAN bench
+//! (`--compare`, medians of five), within the host's noise, and not kept.
+//!
 //! After an interior tree node is stored, the syncer walks the subtree below it, so the fetch
 //! learns the node's missing children without reading the disk itself. Measured on the LAN
 //! bench (256 MiB, two nodes on one 2-core host): batches of 64 chunks with two syncs each,
