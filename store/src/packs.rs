@@ -24,7 +24,8 @@
 //! device just received is what its site peers ask it for next, and with direct writes it had
 //! to come back from the disk. Tried on the LAN bench (1 GiB): the receiver's fetch took
 //! 1.59-1.77 s against 1.25-2.04 s buffered (synchronous writes of a batch wait for the disk),
-//! and a device serving a release it had written directly used 2.09 s of CPU against ~0.6 s.
+//! and a device serving a release it had written directly used 2.09 s of CPU (one run) against
+//! 0.5-0.7 s.
 //!
 //! Space held by chunks that were removed is not reclaimed: nothing removes chunks from packs
 //! yet. A later compaction would copy a pack's live records into a new pack.
