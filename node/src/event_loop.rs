@@ -549,24 +549,22 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
-                if num_established == 0 {
-                    tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
-                    self.peers.remove(&peer_id);
-                    self.site.leave(&peer_id);
-                    if let Some(l) = &mut self.lanes {
-                        l.forget(&peer_id);
-                    }
-                    self.enrolled.remove(&peer_id);
-                    if Some(peer_id) == self.seed() {
-                        self.state_dirty = true;
-                        self.site.epoch += 1;
-                    }
-                    self.last_releases_ask.remove(&peer_id);
-                    self.hello_acked.remove(&peer_id);
-                    self.peer_creds.remove(&peer_id);
-                    self.trust_asked.remove(&peer_id);
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+                tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
+                self.peers.remove(&peer_id);
+                self.site.leave(&peer_id);
+                if let Some(l) = &mut self.lanes {
+                    l.forget(&peer_id);
                 }
+                self.enrolled.remove(&peer_id);
+                if Some(peer_id) == self.seed() {
+                    self.state_dirty = true;
+                    self.site.epoch += 1;
+                }
+                self.last_releases_ask.remove(&peer_id);
+                self.hello_acked.remove(&peer_id);
+                self.peer_creds.remove(&peer_id);
+                self.trust_asked.remove(&peer_id);
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 self.refused_connections += 1;

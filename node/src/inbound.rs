@@ -137,7 +137,8 @@ impl EventLoop {
                     .enrolled
                     .iter()
                     .filter(|(_, e)| e.site == cred.site)
-                    .filter_map(|(p, e)| (*p != peer).then(|| PeerInfo { peer: p.to_bytes(), listen_addrs: e.addrs.clone() }))
+                    .filter(|(p, _)| **p != peer)
+                    .map(|(p, e)| PeerInfo { peer: p.to_bytes(), listen_addrs: e.addrs.clone() })
                     .collect();
                 let newcomer = PeerInfo { peer: peer.to_bytes(), listen_addrs: hello.listen_addrs.clone() };
                 let others: Vec<PeerId> = members.iter().filter_map(|m| PeerId::from_bytes(&m.peer).ok()).collect();

@@ -188,7 +188,7 @@ impl Classifier {
             return false;
         }
         if_addrs::get_if_addrs()
-            .map(|ifs| ifs.iter().any(|i| i.ip() == local && self.metered_interfaces.iter().any(|m| *m == i.name)))
+            .map(|ifs| ifs.iter().any(|i| i.ip() == local && self.metered_interfaces.contains(&i.name)))
             .unwrap_or(false)
     }
 

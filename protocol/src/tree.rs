@@ -26,7 +26,7 @@ pub struct Entry {
 
 fn is_boundary(id: &ChunkId) -> bool {
     let b = id.as_bytes();
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) % AVG_FANOUT == 0
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_multiple_of(AVG_FANOUT)
 }
 
 /// Serialize a node's entries.
@@ -42,7 +42,7 @@ pub fn encode_node(entries: &[Entry]) -> Vec<u8> {
 /// Parse a node and check that its children add up to `expected_len`.
 pub fn decode_node(bytes: &[u8], expected_len: u64) -> Result<Vec<Entry>, Error> {
     Error::check_len("tree node", bytes.len(), MAX_FANOUT * ENTRY_LEN)?;
-    if bytes.is_empty() || bytes.len() % ENTRY_LEN != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(ENTRY_LEN) {
         return Err(Error::malformed("tree node", format!("length {} is not a positive multiple of {ENTRY_LEN}", bytes.len())));
     }
     let mut total: u64 = 0;

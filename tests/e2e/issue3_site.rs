@@ -6,8 +6,6 @@ use crate::harness::{Cluster, Node, distinct_chunks, wait_for};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Deterministic incompressible bytes.
-
 fn model_dir(c: &Cluster, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
     let dir = c.path(name).join("models");
     std::fs::create_dir_all(&dir).expect("mkdir");
