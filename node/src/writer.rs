@@ -72,7 +72,10 @@ const ROUND_WAIT: Duration = Duration::from_millis(25);
 /// a median of 1.62-1.65 s, batches of 120-350 KB 1.50 s (receiver CPU 1.50 s against 1.65 s);
 /// batches of 1 MiB 2.1-2.6 s, with the kernel's copy into the page cache five times as
 /// costly (likely, not verified: a whole batch hashed before any of it is copied has left the
-/// core's 1 MiB L2 cache).
+/// core's 1 MiB L2 cache). The size of each write alone matters on the development VM too:
+/// `dd` writing 1 GiB into the page cache, eight rounds each (files deleted in between), took
+/// 0.22-0.26 s in 256 KiB writes (one slow round aside), 0.21-0.51 s in 512 KiB writes and
+/// 0.20-0.86 s in 1 MiB writes, 80 KiB ones 0.30-0.38 s.
 const BATCH_BYTES: usize = 256 << 10;
 const BATCH_CHUNKS: usize = 64;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
