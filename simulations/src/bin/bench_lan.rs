@@ -26,7 +26,7 @@
 //! nodes during the fetch), and what that bounds on this host: when both ends share its cores,
 //! neither job can take less than its CPU divided by the cores. On the 2-core development
 //! host the fetch (which also encrypts, decrypts, hashes and indexes every chunk) used
-//! 1.7-1.9x the copy's CPU while the copy sent 8 KiB at a time, 2.6x since it sends 1 MiB,
+//! 1.7-1.9x the copy's CPU while the copy sent 8 KiB at a time, 1.9-2.7x since it sends 1 MiB,
 //! which is why the time ratio stays below the goal there.
 //!
 //! `cargo run --release -p layerhop-simulations --bin bench_lan -- --size-mib 1024`
