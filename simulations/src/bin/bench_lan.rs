@@ -15,12 +15,13 @@
 //! The baseline is the same job done the plainest way: this binary in `sink` mode on one side
 //! of a TCP socket, this process reading the release file and writing it into the socket 1 MiB
 //! at a time, and the sink writing what it receives to a file in the same directory as the
-//! nodes' stores and calling `fsync` once at the end (an `scp` followed by `sync`). The node's job includes storing the bytes durably — a
-//! release is reported complete only once every chunk and its name are on disk — so a copy into
-//! `/dev/null` would compare a network transfer with a network transfer plus a disk write. The
-//! sink is not made slow on purpose: 1 MiB writes through the page cache and one `fsync`, the
-//! cheapest way to have the bytes on disk. The copy into `/dev/null` is still run and printed
-//! as a second reference, to show what the disk costs on the machine at hand.
+//! nodes' stores and calling `fsync` once at the end (an `scp` followed by `sync`). The node's
+//! job includes storing the bytes durably — a release is reported complete only once every
+//! chunk and its name are on disk — so a copy into `/dev/null` would compare a network
+//! transfer with a network transfer plus a disk write. The sink is not made slow on purpose:
+//! 1 MiB writes through the page cache and one `fsync`, the cheapest way to have the bytes on
+//! disk. The copy into `/dev/null` is still run and printed as a second reference, to show what
+//! the disk costs on the machine at hand.
 //!
 //! Beside the times, the CPU both ends used (the copy's sending thread and its sink; the two
 //! nodes during the fetch), and what that bounds on this host: when both ends share its cores,
@@ -178,7 +179,7 @@ fn tcp_copy(me: &Path, file: &Path, store_to: Option<&Path>) -> Result<Copy> {
     let started = Instant::now();
     let cpu_before = thread_cpu();
     let mut f = std::fs::File::open(file)?;
-    send_all(&mut f, &mut conn)?;
+    pump(&mut f, &mut conn)?;
     drop(conn);
     let sender_cpu = thread_cpu() - cpu_before;
     let mut out = String::new();
@@ -196,39 +197,34 @@ fn tcp_copy(me: &Path, file: &Path, store_to: Option<&Path>) -> Result<Copy> {
     Ok(Copy { time: elapsed, cpu: sender_cpu + sink_cpu })
 }
 
-/// The copy's sending side: 1 MiB reads from the file, each written whole to the socket, as the
-/// sink's reads (`std::io::copy` does not use `sendfile` here: it reads and sends 8 KiB at a
-/// time, 131,072 of each per GiB, a weaker baseline than a plain copy need be).
-fn send_all(f: &mut std::fs::File, conn: &mut std::net::TcpStream) -> Result<()> {
+/// Move everything `from` gives to `to`, [`COPY_BUF`] at a time: both ends of the copy
+/// (`std::io::copy` does not use `sendfile` here: it reads and sends 8 KiB at a time, 131,072
+/// of each per GiB, a weaker baseline than a plain copy need be); the bytes moved.
+fn pump(from: &mut impl Read, to: &mut impl Write) -> Result<u64> {
     let mut buf = vec![0u8; COPY_BUF];
+    let mut n = 0u64;
     loop {
-        let got = f.read(&mut buf)?;
+        let got = from.read(&mut buf)?;
         if got == 0 {
-            return Ok(());
+            return Ok(n);
         }
-        conn.write_all(&buf[..got])?;
+        to.write_all(&buf[..got])?;
+        n += got as u64;
     }
 }
 
 fn sink(port: u16, to: Option<&Path>) -> Result<()> {
     let l = std::net::TcpListener::bind(("127.0.0.1", port))?;
     let (mut s, _) = l.accept()?;
-    let mut file = to.map(std::fs::File::create).transpose()?;
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut n = 0u64;
-    loop {
-        let got = s.read(&mut buf)?;
-        if got == 0 {
-            break;
+    let n = match to {
+        Some(path) => {
+            let mut f = std::fs::File::create(path)?;
+            let n = pump(&mut s, &mut f)?;
+            f.sync_all()?;
+            n
         }
-        if let Some(f) = &mut file {
-            f.write_all(&buf[..got])?;
-        }
-        n += got as u64;
-    }
-    if let Some(f) = file {
-        f.sync_all()?;
-    }
+        None => pump(&mut s, &mut std::io::sink())?,
+    };
     // The bytes received, and the CPU the sink used (its only thread).
     println!("{n} {}", thread_cpu());
     Ok(())
