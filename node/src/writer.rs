@@ -134,14 +134,18 @@ fn set(flag: &Mutex<Option<String>>, v: Option<String>) {
 /// already, or why it was refused; `Err` when the write failed otherwise (none was staged).
 fn stage(store: &Store, batch: &[(ChunkId, &[u8])], flag: &Mutex<Option<String>>) -> Result<Vec<Result<bool, layerhop_store::Error>>, layerhop_store::Error> {
     let mut delay = FIRST_RETRY;
+    let mut refused = 0u64;
     loop {
         match store.stage_many(batch) {
             Err(e) if e.is_disk_full() => {
+                refused += 1;
                 let was_full = flag.lock().map(|g| g.is_some()).unwrap_or(true);
                 if !was_full {
                     tracing::error!(error = %e, "disk full: holding verified chunks and pausing fetches until space returns");
                 }
-                set(flag, Some(format!("disk full, waiting for space: {e}")));
+                // How many writes were refused tells an operator (and a test) that the writer
+                // is still trying, and how long it has.
+                set(flag, Some(format!("disk full, waiting for space (writes refused: {refused}): {e}")));
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(MAX_RETRY);
             }

@@ -37,10 +37,15 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-
 /// The release's `stalled` text in a status, if any.
 fn stalled(s: &serde_json::Value, channel: &str) -> Option<String> {
     s["releases"].as_array()?.iter().find(|r| r["channel"] == channel)?["stalled"].as_str().map(str::to_owned)
+}
+
+/// How many writes the node says the full disk refused ("... (writes refused: N): ...").
+fn refused_writes(stalled: &str) -> Option<u64> {
+    let (_, after) = stalled.split_once("(writes refused: ")?;
+    after.split_once(')')?.0.parse().ok()
 }
 
 #[test]
@@ -83,12 +88,21 @@ fn disk_full_while_fetching_is_reported_and_completes_when_space_returns() {
     assert!(why.contains("No space left on device") || why.contains("os error 28"), "the error does not name the cause: {why}");
     assert!(d.log().contains("disk full"), "the log does not mention the full disk");
 
-    // While the disk stays full (longer than any retry back-off of the node), the device must
-    // not keep downloading chunks it cannot store.
+    // While the disk stays full, through several of the writer's retries (1, 2, then 4 s
+    // apart), the device must not keep downloading chunks it cannot store.
     let egress_full = c.seed.traffic("metered_out");
-    std::thread::sleep(Duration::from_secs(8));
+    let held_for = Instant::now();
+    wait_for("the writer's fourth refused write on the full disk", Duration::from_secs(60), || {
+        let why = stalled(&d.status().ok()?, "fill")?;
+        (refused_writes(&why)? >= 4).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n--- status: {:?}\n--- log:\n{}", d.status().ok(), d.log()));
     let egress_held = c.seed.traffic("metered_out") - egress_full;
-    println!("seed egress: {} bytes before the error was reported, {egress_held} bytes in the next 8 s of full disk", egress_full - egress_start);
+    println!(
+        "seed egress: {} bytes before the error was reported, {egress_held} bytes in the next {:.1} s of full disk (four writes refused)",
+        egress_full - egress_start,
+        held_for.elapsed().as_secs_f64()
+    );
     assert!(egress_held < 4 << 20, "the device kept fetching {egress_held} bytes while its disk was full");
 
     // Nothing corrupt: every chunk on disk (chunk files, whole pack records) matches its name.
