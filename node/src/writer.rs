@@ -29,7 +29,20 @@
 //!
 //! Hashing on a thread of its own, ahead of the writer (so a core stalled in the copy into the
 //! page cache does not hold up the hashing), was tried: 1.37 s against 1.35 s on the LAN bench
-//! (`--compare`, medians of five), within the host's noise, and not kept.
+//! (`--compare`, medians of five), within the host's noise, and not kept. Hashing a lane's
+//! chunks on the lane's task as each is decrypted (its bytes then in that core's cache, the
+//! writer staging them without hashing again) was tried too: in a profile of the receiving
+//! node (two runs of each build, 2000 Hz) BLAKE3 took 385-389 samples against 505-526, but the
+//! copy into the page cache, now reading bytes another core had written, 654-741 against
+//! 270-282; fetch 1.22 s against 1.24 s, receiver CPU 1.21 s against 1.24 s (`--compare`,
+//! medians of ten). A chunk crosses from the reading core to the writing one either way, and
+//! BLAKE3 pays that crossing more cheaply than the kernel's copy does; not kept.
+//!
+//! One message per staged chunk to the syncer, and per stored chunk to the event loop, wakes
+//! another thread each time; sending each batch as one message halved the writer's and the
+//! syncer's context switches (4,513 and 4,889 against 2,181 and 2,302 in one fetch of 1 GiB)
+//! but changed neither the LAN bench (1.24 s against 1.19 s, medians of five) nor `fleet-200`
+//! (79.2 and 82.9 s against 74.2 and 79.2 s), so the simpler form stays.
 //!
 //! After an interior tree node is stored, the syncer walks the subtree below it, so the fetch
 //! learns the node's missing children without reading the disk itself. Measured on the LAN
