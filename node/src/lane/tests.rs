@@ -101,6 +101,22 @@ async fn a_member_gets_verified_chunks_and_missing_ones_are_said() {
 }
 
 #[tokio::test]
+async fn a_member_without_aes_instructions_is_served_over_chacha20() {
+    // Such a client and this server agree on ChaCha20-Poly1305 (`tls::tests`); the lane's own
+    // records then use it.
+    let s = server().await;
+    let me = member(&s);
+    let (tx, mut rx) = mpsc::channel(16);
+    let identity = Arc::new(Identity::with_aes(&me, false).expect("identity"));
+    let c = client::spawn(Dial { peer: s.peer, addr: s.addr, generation: 1, identity, classifier: lan(), timeout: Duration::from_secs(10), idle: client::IDLE }, tx);
+    assert!(c.send(Job { req: 7, ids: vec![s.id] }));
+    match next(&mut rx).await {
+        Event::Answer { replies, .. } => assert_eq!(crate::codec::decompress(replies[0].clone()).expect("a chunk").expect("decodes"), s.data),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn requests_sent_together_are_answered_in_order() {
     let s = server().await;
     let me = member(&s);
