@@ -101,11 +101,11 @@ async fn connect(d: &Dial) -> Result<Lane, Failure> {
 }
 
 async fn run(d: Dial, mut jobs: mpsc::UnboundedReceiver<Job>, done: &mpsc::Sender<Done>) -> Failure {
-    let Lane { mut rd, mut wr, mut seal, mut open } = match connect(&d).await {
+    let Lane { mut rd, mut wr, mut seal, mut open, cipher } = match connect(&d).await {
         Ok(lane) => lane,
         Err(f) => return f,
     };
-    tracing::debug!(peer = %d.peer, addr = %d.addr, "lane open");
+    tracing::debug!(peer = %d.peer, addr = %d.addr, %cipher, "lane open");
     if done.send(Done::Lane(Event::Opened { peer: d.peer, generation: d.generation })).await.is_err() {
         return Failure::Idle;
     }

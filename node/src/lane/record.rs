@@ -143,6 +143,9 @@ pub(crate) struct Lane {
     pub(crate) wr: Counted<OwnedWriteHalf>,
     pub(crate) seal: Sealing,
     pub(crate) open: Opening,
+    /// The AEAD the handshake agreed (for the logs: it depends on both ends' CPUs, see
+    /// [`super::tls`]).
+    pub(crate) cipher: String,
 }
 
 impl Lane {
@@ -151,7 +154,8 @@ impl Lane {
         let s = secrets.map_err(|e| format!("taking the lane's keys from TLS: {e}"))?;
         let (seal, open) = (Sealing(Key::new(s.tx.0, &s.tx.1)?), Opening(Key::new(s.rx.0, &s.rx.1)?));
         let (rd, wr) = io.split(|s| s.0.into_split());
-        Ok(Lane { rd, wr, seal, open })
+        let cipher = format!("{:?}", seal.0.key.algorithm());
+        Ok(Lane { rd, wr, seal, open, cipher })
     }
 }
 
