@@ -47,9 +47,13 @@ async fn server() -> Server {
 
 /// A lane to `peer` at `addr` as `key` (closing after `idle` with nothing asked), and its events.
 fn lane(key: &Keypair, addr: SocketAddr, peer: PeerId, classifier: Arc<Classifier>, generation: u64, idle: Duration) -> (client::Client, mpsc::Receiver<Done>) {
+    lane_as(Identity::new(key).expect("identity"), addr, peer, classifier, generation, idle)
+}
+
+/// [`lane`] with the asking side's identity made by the caller.
+fn lane_as(identity: Identity, addr: SocketAddr, peer: PeerId, classifier: Arc<Classifier>, generation: u64, idle: Duration) -> (client::Client, mpsc::Receiver<Done>) {
     let (tx, rx) = mpsc::channel(16);
-    let identity = Arc::new(Identity::new(key).expect("identity"));
-    (client::spawn(Dial { peer, addr, generation, identity, classifier, timeout: Duration::from_secs(10), idle }, tx), rx)
+    (client::spawn(Dial { peer, addr, generation, identity: Arc::new(identity), classifier, timeout: Duration::from_secs(10), idle }, tx), rx)
 }
 
 /// The lane's next event after its handshake.
@@ -106,9 +110,7 @@ async fn a_member_without_aes_instructions_is_served_over_chacha20() {
     // records then use it.
     let s = server().await;
     let me = member(&s);
-    let (tx, mut rx) = mpsc::channel(16);
-    let identity = Arc::new(Identity::with_aes(&me, false).expect("identity"));
-    let c = client::spawn(Dial { peer: s.peer, addr: s.addr, generation: 1, identity, classifier: lan(), timeout: Duration::from_secs(10), idle: client::IDLE }, tx);
+    let (c, mut rx) = lane_as(Identity::with_aes(&me, false).expect("identity"), s.addr, s.peer, lan(), 1, client::IDLE);
     assert!(c.send(Job { req: 7, ids: vec![s.id] }));
     match next(&mut rx).await {
         Event::Answer { replies, .. } => assert_eq!(crate::codec::decompress(replies[0].clone()).expect("a chunk").expect("decodes"), s.data),
