@@ -93,7 +93,7 @@ async fn connect(d: &Dial) -> Result<Lane, Failure> {
     let ready = async {
         let tls = futures_rustls::TlsConnector::from(config).connect(name, stream).await.map_err(|e| lost("TLS handshake", &e))?;
         let (io, conn) = tls.into_inner();
-        let mut lane = Lane::new(io, conn.dangerous_extract_secrets()).map_err(Failure::Lost)?;
+        let mut lane = Lane::new(io, conn.into()).map_err(Failure::Lost)?;
         frame::read_ready(&mut lane.rd, &mut lane.open, &mut Clock::new(SITE_PACE, d.timeout)).await?;
         Ok(lane)
     };

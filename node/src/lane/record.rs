@@ -12,20 +12,41 @@
 //! `CONFIG_TLS`).
 //!
 //! So the handshake stays TLS 1.3 (both ends proven by their libp2p identity, [`super::tls`]),
-//! and then both ends take the traffic secrets it derived (rustls's
-//! `dangerous_extract_secrets`, the API meant for kTLS) and protect records themselves, with the
-//! AEAD the handshake agreed, from `aws-lc-rs` (its AES-GCM sealed 1 GiB in 16 KiB records in
-//! 94-100 ms on the development host, `ring`'s in 116-137 ms):
+//! and then both ends protect records themselves, under keys the handshake gave them — by the
+//! lane version both ends agreed (ALPN, see [`super::tls`]):
+//! - `layerhop-lane/3`, when both ends have AES instructions: AEGIS-128X2 (the CFRG's AEGIS
+//!   draft; `aegis`, libaegis), each direction's 16-byte key and 16-byte IV taken from the
+//!   handshake's exporter (RFC 8446 §7.5, label [`EXPORTER_LABEL`]), sequence numbers from 0.
+//! - `layerhop-lane/2` otherwise (an end without AES instructions, or of an earlier build): the
+//!   AEAD the handshake agreed, under its traffic secrets (rustls's
+//!   `dangerous_extract_secrets`, the API meant for kTLS), from `aws-lc-rs`, sequence numbers
+//!   counted on from where TLS left them.
+//!
+//! Why AEGIS where it can: it is an AES-round construction with no GHASH, and the cipher is ~a
+//! fifth of a LAN fetch's CPU on a host whose AES-GCM is not the fastest. On the development
+//! host on the day it was measured (AVX2 and VAES, no AVX-512; sealing 1 GiB in 80 KB records,
+//! one thread, three rounds): AES-128-GCM (`aws-lc-rs`) 0.255-0.283 s, ChaCha20-Poly1305
+//! 0.455-0.504 s, AEGIS-128L 0.073-0.074 s, AEGIS-128X2 0.038-0.043 s. On the LAN bench (1 GiB,
+//! `--compare` against the build before, both devices, three runs each): fetch 2.06 s against
+//! 2.42 s, both nodes' CPU 3.44 s against 4.12 s, ratio to the plain copy 0.79 against 0.63
+//! (medians; the host was in a slow phase that day, both builds alike). On a day when
+//! `aws-lc-rs`'s AES-GCM sealed 1 GiB in 16 KiB records in 94-100 ms (`ring`'s in 116-137 ms),
+//! AES-GCM was ~0.1 s of CPU per GiB at each end. X2 rather than 128L: it runs two AES states
+//! side by side, twice as fast where the CPU has 256-bit AES (VAES) and as fast as 128L where
+//! it has not. AEGIS needs AES instructions to be fast and safe from timing, hence only
+//! between ends that both have them (ARMv8 boards without them use ChaCha20-Poly1305).
+//!
 //! - A record is one message — a chunk (up to `MAX_CHUNK`), a request, or the server's `ready`
 //!   — as a 5-byte head (kind `u8`, plaintext length `u32` little-endian), the ciphertext, and
 //!   a 16-byte tag. The head is the AEAD's associated data, so kind and length are
 //!   authenticated too.
 //! - The nonce is TLS 1.3's: the direction's IV XOR the record's sequence number (RFC 8446
-//!   §5.3), counted on from where TLS left it. Each direction has its own key, so a record
-//!   cannot be replayed, reordered, reflected or dropped without the next one failing to open.
+//!   §5.3). Each direction has its own key, so a record cannot be replayed, reordered,
+//!   reflected or dropped without the next one failing to open.
 //! - A key protects at most [`MAX_BYTES`] (64 GiB) per direction; TLS 1.3 allows AES-GCM
-//!   2^24.5 full records per key (~370 GiB, RFC 8446 §5.5). A lane that reaches it fails as
-//!   lost: the asking side asks over the exchange protocol for a while, then opens a new lane.
+//!   2^24.5 full records per key (~370 GiB, RFC 8446 §5.5; AEGIS has no such bound, the same
+//!   one is kept for both). A lane that reaches it fails as lost: the asking side asks over
+//!   the exchange protocol for a while, then opens a new lane.
 //! - A record that does not open ends the lane as lost, as a TLS record that fails to decrypt
 //!   did: the asking side asks again elsewhere.
 //!
@@ -44,17 +65,19 @@
 //! head, the body sent in the clear (an experiment, not kept), against this one on the LAN bench
 //! (`--compare`, both devices, five runs each, at f7c9b96): fetch 1.09 s against 1.20 s,
 //! receiving CPU 1.09 s against 1.19 s, ratio to the plain copy 0.66 against 0.56 (medians) —
-//! about 0.1 s of CPU at each end per GiB, and not what keeps the fetch under the bench's goal.
+//! about 0.1 s of CPU at each end per GiB on that day's host.
 //!
 //! Nothing but the handshake goes through rustls. The server sends no session tickets, and
 //! neither end writes past its handshake before the other is done with its own: the server's
 //! first record is `ready`, and the client writes nothing until it has read it — so no record
-//! can sit in rustls's buffers when the secrets are taken (a peer that writes early breaks
-//! only its own lane: its records fail to open).
+//! can sit in rustls's buffers when the keys are taken (a peer that writes early breaks only
+//! its own lane: its records fail to open).
 
 use super::frame::Failure;
+use super::tls::ALPN_AEGIS;
 use crate::codec::{Fault, Pace};
 use crate::traffic::Counted;
+use aegis::aegis128x2::Aegis128X2;
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use bytes::BufMut;
 use rustls::ConnectionTrafficSecrets;
@@ -70,17 +93,36 @@ pub(crate) const HEAD: usize = 5;
 pub(crate) const TAG: usize = 16;
 /// Bytes one key protects in one direction (see the module docs).
 pub(crate) const MAX_BYTES: u64 = 64 << 30;
+/// The label of the TLS exporter the AEGIS keys come from (RFC 8446 §7.5).
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-layerhop-lane-records";
+
+/// One direction's AEAD, its key and IV.
+enum Cipher {
+    /// The AEAD the TLS handshake agreed, under its traffic secret ([`ALPN`]).
+    Tls { key: LessSafeKey, iv: [u8; NONCE_LEN] },
+    /// AEGIS-128X2 under a key from the handshake's exporter ([`ALPN_AEGIS`]).
+    Aegis { key: aegis::aegis128x2::Key, iv: aegis::aegis128x2::Nonce },
+}
 
 /// One direction's key and where its sequence is.
 struct Key {
-    key: LessSafeKey,
-    iv: [u8; NONCE_LEN],
+    cipher: Cipher,
     seq: u64,
     bytes: u64,
 }
 
+/// The IV with the record's sequence number XORed into its last 8 bytes (RFC 8446 §5.3).
+fn nonce<const N: usize>(iv: &[u8; N], seq: u64) -> [u8; N] {
+    let mut n = *iv;
+    for (b, s) in n[N - 8..].iter_mut().zip(seq.to_be_bytes()) {
+        *b ^= s;
+    }
+    n
+}
+
 impl Key {
-    fn new(seq: u64, secrets: &ConnectionTrafficSecrets) -> Result<Key, String> {
+    /// The key of the AEAD TLS agreed, from its traffic secret, counting on from `seq`.
+    fn tls(seq: u64, secrets: &ConnectionTrafficSecrets) -> Result<Key, String> {
         let (algorithm, key, iv) = match secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
             ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
@@ -89,21 +131,34 @@ impl Key {
         };
         let iv = iv.as_ref().try_into().map_err(|_| "the lane's TLS gave an IV of an unexpected length".to_string())?;
         let key = UnboundKey::new(algorithm, key.as_ref()).map_err(|_| "the lane's TLS gave a key of an unexpected length".to_string())?;
-        Ok(Key { key: LessSafeKey::new(key), iv, seq, bytes: 0 })
+        Ok(Key { cipher: Cipher::Tls { key: LessSafeKey::new(key), iv }, seq, bytes: 0 })
     }
 
-    /// The next record's nonce, counting its `len` bytes against [`MAX_BYTES`].
-    fn next(&mut self, len: usize) -> io::Result<Nonce> {
+    /// An AEGIS-128X2 key: its 16 bytes and its IV's 16, from the handshake's exporter.
+    fn aegis(material: &[u8]) -> Key {
+        let (mut key, mut iv) = ([0u8; 16], [0u8; 16]);
+        key.copy_from_slice(&material[..16]);
+        iv.copy_from_slice(&material[16..32]);
+        Key { cipher: Cipher::Aegis { key, iv }, seq: 0, bytes: 0 }
+    }
+
+    /// The next record's sequence number, counting its `len` bytes against [`MAX_BYTES`].
+    fn next(&mut self, len: usize) -> io::Result<u64> {
         self.bytes += (len + TAG) as u64;
         if self.bytes > MAX_BYTES {
             return Err(io::Error::other(format!("the lane's key has protected {} GiB; a new lane takes over", MAX_BYTES >> 30)));
         }
-        let mut nonce = self.iv;
-        for (n, s) in nonce[NONCE_LEN - 8..].iter_mut().zip(self.seq.to_be_bytes()) {
-            *n ^= s;
+        let seq = self.seq;
+        self.seq = seq.checked_add(1).ok_or_else(|| io::Error::other("the lane's record sequence ran out"))?;
+        Ok(seq)
+    }
+
+    /// The AEAD's name, for the logs.
+    fn name(&self) -> String {
+        match &self.cipher {
+            Cipher::Tls { key, .. } => format!("{:?}", key.algorithm()),
+            Cipher::Aegis { .. } => "AEGIS_128X2".into(),
         }
-        self.seq = self.seq.checked_add(1).ok_or_else(|| io::Error::other("the lane's record sequence ran out"))?;
-        Ok(Nonce::assume_unique_for_key(nonce))
     }
 }
 
@@ -121,10 +176,16 @@ fn head(kind: u8, len: usize) -> [u8; HEAD] {
 
 impl Sealing {
     /// Seal `body` in place as a record of `kind`: its head and tag.
-    pub(crate) fn seal(&mut self, kind: u8, body: &mut [u8]) -> io::Result<([u8; HEAD], aead::Tag)> {
+    pub(crate) fn seal(&mut self, kind: u8, body: &mut [u8]) -> io::Result<([u8; HEAD], [u8; TAG])> {
         let h = head(kind, body.len());
-        let nonce = self.0.next(body.len())?;
-        let tag = self.0.key.seal_in_place_separate_tag(nonce, Aad::from(h), body).map_err(|_| io::Error::other("sealing a lane record failed"))?;
+        let seq = self.0.next(body.len())?;
+        let tag = match &self.0.cipher {
+            Cipher::Tls { key, iv } => {
+                let tag = key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce(iv, seq)), Aad::from(h), body).map_err(|_| io::Error::other("sealing a lane record failed"))?;
+                tag.as_ref().try_into().map_err(|_| io::Error::other("the lane's AEAD gave a tag of an unexpected length"))?
+            }
+            Cipher::Aegis { key, iv } => Aegis128X2::<TAG>::new(key, &nonce(iv, seq)).encrypt_in_place(body, &h),
+        };
         Ok((h, tag))
     }
 }
@@ -132,8 +193,18 @@ impl Sealing {
 impl Opening {
     /// Open a record of head `h` whose ciphertext and tag are `sealed`, in place; its plaintext.
     fn open<'a>(&mut self, h: [u8; HEAD], sealed: &'a mut [u8]) -> Result<&'a mut [u8], Failure> {
-        let nonce = self.0.next(sealed.len().saturating_sub(TAG))?;
-        self.0.key.open_in_place(nonce, Aad::from(h), sealed).map_err(|_| Failure::Lost("a lane record failed to authenticate".into()))
+        let forged = || Failure::Lost("a lane record failed to authenticate".into());
+        let len = sealed.len().checked_sub(TAG).ok_or_else(forged)?;
+        let seq = self.0.next(len)?;
+        match &self.0.cipher {
+            Cipher::Tls { key, iv } => key.open_in_place(Nonce::assume_unique_for_key(nonce(iv, seq)), Aad::from(h), sealed).map_err(|_| forged()),
+            Cipher::Aegis { key, iv } => {
+                let (body, tag) = sealed.split_at_mut(len);
+                let tag: &[u8; TAG] = (&*tag).try_into().map_err(|_| forged())?;
+                Aegis128X2::<TAG>::new(key, &nonce(iv, seq)).decrypt_in_place(body, tag, &h).map_err(|_| forged())?;
+                Ok(body)
+            }
+        }
     }
 }
 
@@ -148,13 +219,29 @@ pub(crate) struct Lane {
     pub(crate) cipher: String,
 }
 
+/// The record keys of a finished TLS handshake, and the AEAD's name: AEGIS-128X2 keys from
+/// its exporter when both ends agreed [`ALPN_AEGIS`], else the traffic secrets of the AEAD TLS
+/// agreed.
+fn keys(conn: rustls::Connection) -> Result<(Sealing, Opening, String), String> {
+    let (seal, open) = if conn.alpn_protocol() == Some(ALPN_AEGIS) {
+        let client = matches!(conn, rustls::Connection::Client(_));
+        let m = conn.export_keying_material([0u8; 64], EXPORTER_LABEL, None).map_err(|e| format!("taking the lane's keys from TLS: {e}"))?;
+        // The first 32 bytes key the client's records, the next 32 the server's.
+        let (to_server, to_client) = (Key::aegis(&m[..32]), Key::aegis(&m[32..]));
+        if client { (Sealing(to_server), Opening(to_client)) } else { (Sealing(to_client), Opening(to_server)) }
+    } else {
+        let s = conn.dangerous_extract_secrets().map_err(|e| format!("taking the lane's keys from TLS: {e}"))?;
+        (Sealing(Key::tls(s.tx.0, &s.tx.1)?), Opening(Key::tls(s.rx.0, &s.rx.1)?))
+    };
+    let name = seal.0.name();
+    Ok((seal, open, name))
+}
+
 impl Lane {
-    /// Take over `io` from a finished TLS handshake whose secrets are `secrets`.
-    pub(crate) fn new(io: Counted<libp2p::tcp::tokio::TcpStream>, secrets: Result<rustls::ExtractedSecrets, rustls::Error>) -> Result<Lane, String> {
-        let s = secrets.map_err(|e| format!("taking the lane's keys from TLS: {e}"))?;
-        let (seal, open) = (Sealing(Key::new(s.tx.0, &s.tx.1)?), Opening(Key::new(s.rx.0, &s.rx.1)?));
+    /// Take over `io` from the finished TLS handshake `conn` (see [`keys`]).
+    pub(crate) fn new(io: Counted<libp2p::tcp::tokio::TcpStream>, conn: rustls::Connection) -> Result<Lane, String> {
+        let (seal, open, cipher) = keys(conn)?;
         let (rd, wr) = io.split(|s| s.0.into_split());
-        let cipher = format!("{:?}", seal.0.key.algorithm());
         Ok(Lane { rd, wr, seal, open, cipher })
     }
 }
@@ -162,7 +249,7 @@ impl Lane {
 /// Both ends of one direction under one made-up key, for tests of what reads records.
 #[cfg(test)]
 pub(crate) fn test_keys() -> (Sealing, Opening) {
-    let key = |b| Key { key: LessSafeKey::new(UnboundKey::new(&aead::AES_128_GCM, &[b; 16]).expect("key")), iv: [7; NONCE_LEN], seq: 0, bytes: 0 };
+    let key = |b| Key { cipher: Cipher::Tls { key: LessSafeKey::new(UnboundKey::new(&aead::AES_128_GCM, &[b; 16]).expect("key")), iv: [7; NONCE_LEN] }, seq: 0, bytes: 0 };
     (Sealing(key(1)), Opening(key(1)))
 }
 
@@ -317,6 +404,28 @@ mod tests {
         let mut bytes = sealed(&mut seal, 1, &[5; 100]).await;
         bytes.truncate(HEAD + 50);
         assert!(matches!(read_one(bytes, &mut open).await, Err(Failure::Lost(why)) if why.contains("mid-record")));
+    }
+
+    /// The AEAD two ends of a handshake agree on, after checking that each opens what the other
+    /// sealed, and that the two directions' keys differ (the same bytes, sealed first by either
+    /// end, differ: a record reflected to the end that sealed it does not open there).
+    async fn across(client_aes: bool, server_aes: bool) -> String {
+        let (c, s) = super::super::tls::tests::handshake(client_aes, server_aes);
+        let ((mut c_seal, mut c_open, c_name), (mut s_seal, mut s_open, s_name)) = (keys(c).expect("client keys"), keys(s).expect("server keys"));
+        assert_eq!(c_name, s_name);
+        let to_server = sealed(&mut c_seal, 1, b"the same bytes").await;
+        let to_client = sealed(&mut s_seal, 1, b"the same bytes").await;
+        assert_ne!(to_server, to_client, "both directions under one key");
+        assert_eq!(read_one(to_server, &mut s_open).await.expect("the server opens the client's record"), (1, b"the same bytes".to_vec()));
+        assert_eq!(read_one(to_client, &mut c_open).await.expect("the client opens the server's record"), (1, b"the same bytes".to_vec()));
+        c_name
+    }
+
+    #[tokio::test]
+    async fn both_ends_take_the_same_keys_for_each_direction() {
+        assert_eq!(across(true, true).await, "AEGIS_128X2", "two ends with AES instructions");
+        assert_eq!(across(false, true).await, "CHACHA20_POLY1305");
+        assert_eq!(across(true, false).await, "CHACHA20_POLY1305");
     }
 
     #[test]

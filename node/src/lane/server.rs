@@ -144,7 +144,7 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
         return Err(format!("{peer} has {PER_PEER} lanes open already"));
     };
     let (io, conn) = tls.into_inner();
-    let Lane { mut rd, mut wr, mut seal, mut open, cipher } = Lane::new(io, conn.dangerous_extract_secrets())?;
+    let Lane { mut rd, mut wr, mut seal, mut open, cipher } = Lane::new(io, conn.into())?;
     tracing::debug!(%peer, %remote, %cipher, "lane served");
     // Into the socket's empty send buffer: does not wait on the peer.
     frame::write_ready(&mut wr, &mut seal).await.map_err(|e| format!("{peer}: {e}"))?;

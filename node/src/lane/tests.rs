@@ -106,8 +106,9 @@ async fn a_member_gets_verified_chunks_and_missing_ones_are_said() {
 
 #[tokio::test]
 async fn a_member_without_aes_instructions_is_served_over_chacha20() {
-    // Such a client and this server agree on ChaCha20-Poly1305 (`tls::tests`); the lane's own
-    // records then use it.
+    // Such a client and this server agree on `layerhop-lane/2` and ChaCha20-Poly1305
+    // (`tls::tests`); the lane's own records then use it. (The other tests' lanes, between ends
+    // of this host, use AEGIS-128X2 where it has AES instructions.)
     let s = server().await;
     let me = member(&s);
     let (c, mut rx) = lane_as(Identity::with_aes(&me, false).expect("identity"), s.addr, s.peer, lan(), 1, client::IDLE);

@@ -1,7 +1,9 @@
-//! The lane's TLS handshake: TLS 1.3, both ends authenticated by their libp2p identity, AES-GCM
-//! when both ends have AES instructions, ChaCha20-Poly1305 otherwise. Only the handshake: the
-//! records after it are the lane's own, under the keys this handshake derived
-//! ([`super::record`]).
+//! The lane's TLS handshake: TLS 1.3, both ends authenticated by their libp2p identity, and the
+//! lane's version (ALPN): [`ALPN_AEGIS`] when both ends have AES instructions, [`ALPN`]
+//! otherwise. Only the handshake: the records after it are the lane's own, under keys this
+//! handshake gave ([`super::record`]): AEGIS-128X2 under [`ALPN_AEGIS`], under [`ALPN`] the
+//! AEAD the handshake agreed — AES-GCM when both ends have AES instructions (an end of an
+//! earlier build), ChaCha20-Poly1305 otherwise.
 //!
 //! The certificates are libp2p's (the `libp2p-tls` spec: a self-signed certificate carrying the
 //! host's public key and its signature over the certificate's key), generated and parsed by
@@ -11,7 +13,8 @@
 //! certificate verifier private, and the LAN path is bound by CPU, not by the wire (see
 //! [`crate::lane`]), so the cipher must be the one both ends run fastest.
 //!
-//! Which cipher: AES-GCM only when both ends have AES and carry-less multiply instructions
+//! Which TLS suite (the handshake's, and the records' under [`ALPN`]): AES-GCM only when both
+//! ends have AES and carry-less multiply instructions
 //! ([`aes_hardware`]), ChaCha20-Poly1305 otherwise — the rule of Go's TLS and of OpenSSL's
 //! `PRIORITIZE_CHACHA`. ARMv8 makes those instructions optional and gateway boards ship without
 //! them (the Raspberry Pi 4's Cortex-A72 has none). Measured on the LAN bench (512 MiB, both
@@ -40,9 +43,19 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use std::sync::Arc;
 
 /// ALPN of the lane's protocol; bumped on incompatible change (2: the lane's own records after
-/// the handshake). Builds of different versions fail each other's handshake, and the asking
-/// side asks over the exchange protocol instead (see [`crate::lane`]).
+/// the handshake, under the AEAD and the traffic secrets TLS agreed). Builds with no version in
+/// common fail each other's handshake, and the asking side asks over the exchange protocol
+/// instead (see [`crate::lane`]).
 pub(crate) const ALPN: &[u8] = b"layerhop-lane/2";
+/// The same protocol with its records under AEGIS-128X2, keyed from the handshake's exporter
+/// (see [`super::record`]): offered and accepted only by ends with AES instructions, ahead of
+/// [`ALPN`], so two such ends agree on it and any other pair on [`ALPN`].
+pub(crate) const ALPN_AEGIS: &[u8] = b"layerhop-lane/3";
+
+/// The versions this end speaks, the one it prefers first (the server's order decides).
+fn alpn(aes: bool) -> Vec<Vec<u8>> {
+    if aes { vec![ALPN_AEGIS.to_vec(), ALPN.to_vec()] } else { vec![ALPN.to_vec()] }
+}
 
 /// This node's lane certificate and its key, made once at start.
 pub(crate) struct Identity {
@@ -95,7 +108,7 @@ impl Identity {
             .map_err(|e| format!("lane TLS: {e}"))?
             .with_client_cert_verifier(Arc::new(PeerVerifier { expect: None }))
             .with_cert_resolver(certified.clone());
-        server.alpn_protocols = vec![ALPN.to_vec()];
+        server.alpn_protocols = alpn(aes);
         // With AES instructions, the client's order decides (it lists ChaCha20 first when it
         // lacks them); without, this end's (ChaCha20 first).
         server.ignore_client_order = !aes;
@@ -119,7 +132,7 @@ impl Identity {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PeerVerifier { expect: Some(peer) }))
             .with_client_cert_resolver(self.certified.clone());
-        c.alpn_protocols = vec![ALPN.to_vec()];
+        c.alpn_protocols = alpn(self.aes);
         c.enable_secret_extraction = true;
         Ok(Arc::new(c))
     }
@@ -219,7 +232,7 @@ impl ClientCertVerifier for PeerVerifier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256 as AES, TLS13_CHACHA20_POLY1305_SHA256 as CHACHA};
     use rustls::Connection;
@@ -237,29 +250,64 @@ mod tests {
         }
     }
 
-    /// The suite a lane's client and server agree on, each end with AES instructions or not.
-    fn agreed(client_aes: bool, server_aes: bool) -> rustls::CipherSuite {
+    /// A lane's handshake, in memory, between a client and a server each with AES
+    /// instructions or not, offering the versions `client_alpn` and `server_alpn` (this build's
+    /// when `None`): both ends' connections, finished.
+    fn handshake_with(client_aes: bool, server_aes: bool, client_alpn: Option<&[u8]>, server_alpn: Option<&[u8]>) -> (Connection, Connection) {
         let (ck, sk) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
         let client = Identity::with_aes(&ck, client_aes).expect("client identity");
         let server = Identity::with_aes(&sk, server_aes).expect("server identity");
+        let mut cc = (*client.client(sk.public().to_peer_id()).expect("config")).clone();
+        let mut sc = (*server.server()).clone();
+        if let Some(a) = client_alpn {
+            cc.alpn_protocols = vec![a.to_vec()];
+        }
+        if let Some(a) = server_alpn {
+            sc.alpn_protocols = vec![a.to_vec()];
+        }
         let name = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let mut c = Connection::Client(rustls::ClientConnection::new(client.client(sk.public().to_peer_id()).expect("config"), name).expect("client"));
-        let mut s = Connection::Server(rustls::ServerConnection::new(server.server()).expect("server"));
+        let mut c = Connection::Client(rustls::ClientConnection::new(Arc::new(cc), name).expect("client"));
+        let mut s = Connection::Server(rustls::ServerConnection::new(Arc::new(sc)).expect("server"));
         for _ in 0..8 {
             deliver(&mut c, &mut s);
             deliver(&mut s, &mut c);
         }
         assert!(!c.is_handshaking() && !s.is_handshaking(), "the handshake did not finish");
+        (c, s)
+    }
+
+    /// [`handshake_with`] this build's versions.
+    pub(crate) fn handshake(client_aes: bool, server_aes: bool) -> (Connection, Connection) {
+        handshake_with(client_aes, server_aes, None, None)
+    }
+
+    /// The suite and the lane version both ends agreed.
+    fn agreed(c: &Connection, s: &Connection) -> (rustls::CipherSuite, Vec<u8>) {
         let suite = c.negotiated_cipher_suite().expect("a suite").suite();
         assert_eq!(s.negotiated_cipher_suite().map(|x| x.suite()), Some(suite));
-        suite
+        let alpn = c.alpn_protocol().expect("a lane version").to_vec();
+        assert_eq!(s.alpn_protocol(), Some(&alpn[..]));
+        (suite, alpn)
     }
 
     #[test]
-    fn aes_gcm_only_when_both_ends_have_aes_instructions() {
-        assert_eq!(agreed(true, true), AES);
-        assert_eq!(agreed(false, true), CHACHA, "a client without them");
-        assert_eq!(agreed(true, false), CHACHA, "a server without them");
-        assert_eq!(agreed(false, false), CHACHA);
+    fn aes_gcm_and_aegis_records_only_when_both_ends_have_aes_instructions() {
+        let both = |c, s| {
+            let (c, s) = handshake(c, s);
+            agreed(&c, &s)
+        };
+        assert_eq!(both(true, true), (AES, ALPN_AEGIS.to_vec()));
+        assert_eq!(both(false, true), (CHACHA, ALPN.to_vec()), "a client without them");
+        assert_eq!(both(true, false), (CHACHA, ALPN.to_vec()), "a server without them");
+        assert_eq!(both(false, false), (CHACHA, ALPN.to_vec()));
+    }
+
+    #[test]
+    fn an_end_of_an_earlier_build_agrees_on_the_earlier_records() {
+        // An earlier build offers and accepts only `layerhop-lane/2`.
+        let (c, s) = handshake_with(true, true, Some(ALPN), None);
+        assert_eq!(agreed(&c, &s), (AES, ALPN.to_vec()), "a client of an earlier build");
+        let (c, s) = handshake_with(true, true, None, Some(ALPN));
+        assert_eq!(agreed(&c, &s), (AES, ALPN.to_vec()), "a server of an earlier build");
     }
 }
