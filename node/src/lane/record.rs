@@ -22,16 +22,17 @@
 //!   `dangerous_extract_secrets`, the API meant for kTLS), from `aws-lc-rs`, sequence numbers
 //!   counted on from where TLS left them.
 //!
-//! Why AEGIS where it can: it is an AES-round construction with no GHASH, and the cipher is ~a
-//! fifth of a LAN fetch's CPU on a host whose AES-GCM is not the fastest. On the development
-//! host on the day it was measured (AVX2 and VAES, no AVX-512; sealing 1 GiB in 80 KB records,
-//! one thread, three rounds): AES-128-GCM (`aws-lc-rs`) 0.255-0.283 s, ChaCha20-Poly1305
-//! 0.455-0.504 s, AEGIS-128L 0.073-0.074 s, AEGIS-128X2 0.038-0.043 s. On the LAN bench (1 GiB,
-//! `--compare` against the build before, both devices, three runs each): fetch 2.06 s against
-//! 2.42 s, both nodes' CPU 3.44 s against 4.12 s, ratio to the plain copy 0.79 against 0.63
-//! (medians; the host was in a slow phase that day, both builds alike). On a day when
-//! `aws-lc-rs`'s AES-GCM sealed 1 GiB in 16 KiB records in 94-100 ms (`ring`'s in 116-137 ms),
-//! AES-GCM was ~0.1 s of CPU per GiB at each end. X2 rather than 128L: it runs two AES states
+//! Why AEGIS where it can: it is built of AES rounds with no GHASH, and the cipher runs at both
+//! ends of every byte a lane moves. On the development host on the day it was measured (AVX2
+//! and VAES, no AVX-512; sealing 1 GiB in 80 KB records, one thread, three rounds): AES-128-GCM
+//! (`aws-lc-rs`) 0.255-0.283 s, ChaCha20-Poly1305 0.455-0.504 s, AEGIS-128L 0.073-0.074 s,
+//! AEGIS-128X2 0.038-0.043 s. On the LAN bench that day (1 GiB, `--runs 5`): this build's fetch
+//! 1.61-1.80 s in four invocations (medians), both nodes' CPU 2.54-2.86 s, ratio to the plain
+//! copy 0.81-1.02; the build before, the same hour, 2.41 s, 3.87 s, 0.59. `--compare` (both
+//! devices, three runs each): fetch 2.06 s against 2.42 s, CPU 3.44 s against 4.12 s. On an
+//! earlier day `aws-lc-rs`'s AES-GCM sealed 1 GiB in 16 KiB records in 94-100 ms (`ring`'s in
+//! 116-137 ms): the host is not the same machine every day, and what AES-GCM costs varies
+//! with it more than AEGIS does. X2 rather than 128L: it runs two AES states
 //! side by side, twice as fast where the CPU has 256-bit AES (VAES) and as fast as 128L where
 //! it has not. AEGIS needs AES instructions to be fast and safe from timing, hence only
 //! between ends that both have them (ARMv8 boards without them use ChaCha20-Poly1305).
@@ -98,7 +99,7 @@ const EXPORTER_LABEL: &[u8] = b"EXPORTER-layerhop-lane-records";
 
 /// One direction's AEAD, its key and IV.
 enum Cipher {
-    /// The AEAD the TLS handshake agreed, under its traffic secret ([`ALPN`]).
+    /// The AEAD the TLS handshake agreed, under its traffic secret ([`super::tls::ALPN`]).
     Tls { key: LessSafeKey, iv: [u8; NONCE_LEN] },
     /// AEGIS-128X2 under a key from the handshake's exporter ([`ALPN_AEGIS`]).
     Aegis { key: aegis::aegis128x2::Key, iv: aegis::aegis128x2::Nonce },
@@ -253,6 +254,12 @@ pub(crate) fn test_keys() -> (Sealing, Opening) {
     (Sealing(key(1)), Opening(key(1)))
 }
 
+/// [`test_keys`] under AEGIS-128X2.
+#[cfg(test)]
+fn test_keys_aegis() -> (Sealing, Opening) {
+    (Sealing(Key::aegis(&[3; 32])), Opening(Key::aegis(&[3; 32])))
+}
+
 /// Write `slices` whole (one `writev` for as much as the socket takes).
 pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
     while !slices.is_empty() {
@@ -368,35 +375,41 @@ mod tests {
 
     #[tokio::test]
     async fn records_open_in_order_and_say_their_kind() {
-        let (mut seal, mut open) = test_keys();
-        let a = sealed(&mut seal, 1, &[9; 1000]).await;
-        let b = sealed(&mut seal, 0, &[]).await;
-        assert_eq!(a.len(), HEAD + 1000 + TAG);
-        assert_ne!(&a[HEAD..HEAD + 1000], &[9; 1000][..], "the body is not sent in the clear");
-        assert_eq!(read_one(a, &mut open).await.expect("first"), (1, vec![9; 1000]));
-        assert_eq!(read_one(b, &mut open).await.expect("second"), (0, vec![]));
+        for (mut seal, mut open) in [test_keys(), test_keys_aegis()] {
+            let a = sealed(&mut seal, 1, &[9; 1000]).await;
+            let b = sealed(&mut seal, 0, &[]).await;
+            assert_eq!(a.len(), HEAD + 1000 + TAG);
+            assert_ne!(&a[HEAD..HEAD + 1000], &[9; 1000][..], "the body is not sent in the clear");
+            assert_eq!(read_one(a, &mut open).await.expect("first"), (1, vec![9; 1000]));
+            assert_eq!(read_one(b, &mut open).await.expect("second"), (0, vec![]));
+        }
     }
 
     #[tokio::test]
     async fn a_record_changed_replayed_or_skipped_does_not_open() {
-        let (mut seal, _) = test_keys();
-        let first = sealed(&mut seal, 1, b"first").await;
-        let second = sealed(&mut seal, 1, b"second").await;
-        let mut flipped = first.clone();
-        flipped[HEAD + 2] ^= 1;
-        let mut relabelled = first.clone();
-        relabelled[0] = 2;
-        for (what, bytes) in [("a flipped bit", flipped), ("another kind in the head", relabelled), ("the second record first", second)] {
-            let (_, mut open) = test_keys();
-            match read_one(bytes, &mut open).await {
-                Err(Failure::Lost(why)) => assert!(why.contains("authenticate"), "{what}: {why}"),
-                other => panic!("{what}: {other:?}"),
+        for (cipher, keys) in [("AES-GCM", test_keys as fn() -> (Sealing, Opening)), ("AEGIS-128X2", test_keys_aegis)] {
+            let (mut seal, _) = keys();
+            let first = sealed(&mut seal, 1, b"first").await;
+            let second = sealed(&mut seal, 1, b"second").await;
+            let mut flipped = first.clone();
+            flipped[HEAD + 2] ^= 1;
+            let mut relabelled = first.clone();
+            relabelled[0] = 2;
+            let mut tag_flipped = first.clone();
+            *tag_flipped.last_mut().expect("a tag") ^= 1;
+            for (what, bytes) in [("a flipped bit", flipped), ("another kind in the head", relabelled), ("a flipped bit in the tag", tag_flipped), ("the second record first", second)] {
+                let (_, mut open) = keys();
+                match read_one(bytes, &mut open).await {
+                    Err(Failure::Lost(why)) => assert!(why.contains("authenticate"), "{cipher}, {what}: {why}"),
+                    other => panic!("{cipher}, {what}: {other:?}"),
+                }
             }
+            let (_, mut open) = keys();
+            read_one(first.clone(), &mut open).await.expect("the first record");
+            assert!(read_one(first, &mut open).await.is_err(), "{cipher}: the first record again");
         }
-        let (_, mut open) = test_keys();
-        read_one(first.clone(), &mut open).await.expect("the first record");
-        assert!(read_one(first, &mut open).await.is_err(), "the first record again");
     }
+
 
     #[tokio::test]
     async fn a_record_cut_short_is_lost() {
