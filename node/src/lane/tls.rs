@@ -68,7 +68,8 @@ pub(crate) struct Identity {
 }
 
 /// Whether this CPU has the instructions that make AES-GCM fast (AES rounds and the
-/// carry-less multiply GHASH needs).
+/// carry-less multiply GHASH needs) — and AEGIS, which needs only the AES rounds (x86-64 CPUs
+/// with AES-NI have the multiply too, and ARMv8's multiply comes with its AES extension).
 pub(crate) fn aes_hardware() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
