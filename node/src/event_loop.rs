@@ -96,6 +96,16 @@ pub(crate) enum Done {
     Lane(crate::lane::Event),
 }
 
+/// What woke the loop: taken out of the `select!` so the loop can note that it runs
+/// ([`crate::site::Site::watch`]) before handling it.
+enum Step {
+    Command(Option<Command>),
+    Done(Done),
+    Swarm(SwarmEvent<BehaviourEvent>),
+    Tick,
+    Pump,
+}
+
 /// What the seed knows of a connected device.
 pub(crate) struct Enrolled {
     pub(crate) site: String,
@@ -347,25 +357,33 @@ impl EventLoop {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
-                cmd = self.commands.recv() => match cmd {
-                    Some(Command::Shutdown(reply)) => {
-                        self.shutdown();
-                        let _ = reply.send(());
-                        return;
-                    }
-                    None => {
-                        self.shutdown();
-                        return;
-                    }
-                    Some(cmd) => self.on_command(cmd),
-                },
-                Some(done) = self.done_rx.recv() => self.on_done(done),
-                event = self.swarm.select_next_some() => self.on_swarm(event),
-                _ = tick.tick() => self.on_tick(),
+                cmd = self.commands.recv() => Step::Command(cmd),
+                Some(done) = self.done_rx.recv() => Step::Done(done),
+                event = self.swarm.select_next_some() => Step::Swarm(event),
+                _ = tick.tick() => Step::Tick,
                 // Last in a biased select: runs once the burst of ready events is drained.
-                () = std::future::ready(()), if self.pump_due => self.pump(),
+                () = std::future::ready(()), if self.pump_due => Step::Pump,
+            };
+            // Before anything is heard in this step: time the loop did not run is nobody's
+            // silence (see `crate::site`).
+            self.site.watch(Instant::now());
+            match step {
+                Step::Command(Some(Command::Shutdown(reply))) => {
+                    self.shutdown();
+                    let _ = reply.send(());
+                    return;
+                }
+                Step::Command(None) => {
+                    self.shutdown();
+                    return;
+                }
+                Step::Command(Some(cmd)) => self.on_command(cmd),
+                Step::Done(done) => self.on_done(done),
+                Step::Swarm(event) => self.on_swarm(event),
+                Step::Tick => self.on_tick(),
+                Step::Pump => self.pump(),
             }
             // A steady stream of events must not starve the pump either.
             if self.pump_due && self.last_pump.elapsed() >= PUMP_AT_LEAST_EVERY {
@@ -480,7 +498,7 @@ impl EventLoop {
         let lease = self.site.lease();
         let mut aged = false;
         for f in self.fetches.values_mut() {
-            if !f.aged && f.started.elapsed() >= lease {
+            if !f.aged && self.site.watched_since(f.known_since, now) >= lease {
                 f.aged = true;
                 aged = true;
             }
@@ -488,6 +506,11 @@ impl EventLoop {
         if aged {
             self.site.epoch += 1;
             self.pump_due = true;
+        }
+        if let Some(l) = &self.lanes {
+            for (p, at) in l.access.take_asked() {
+                self.site.heard_at(&p, at);
+            }
         }
         if self.site.expire() {
             self.pump_due = true;

@@ -73,6 +73,9 @@ pub struct Fetch {
     pub complete: bool,
     /// When the fetch started.
     pub started: Instant,
+    /// When it started on the site's watch (the release's age decides who takes part in its
+    /// rendezvous, see [`crate::site::Site::fetcher`]).
+    pub known_since: crate::site::Moment,
     /// Why the fetch is stuck, if it is.
     pub stalled: Option<String>,
     /// The release is older here than a lease: only members that said they have it take part
@@ -91,7 +94,7 @@ pub struct Fetch {
 
 impl Fetch {
     /// A fetch of `body`.
-    pub fn new(signed: SignedRelease, body: ReleaseBody) -> Self {
+    pub fn new(known_since: crate::site::Moment, signed: SignedRelease, body: ReleaseBody) -> Self {
         let blobs = body.artifacts.iter().flat_map(|a| a.content.blobs()).collect();
         Fetch {
             signed,
@@ -105,6 +108,7 @@ impl Fetch {
             progress: Default::default(),
             complete: false,
             started: Instant::now(),
+            known_since,
             stalled: None,
             aged: false,
             landed_recently: Vec::new(),

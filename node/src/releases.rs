@@ -102,7 +102,7 @@ impl EventLoop {
 
     pub(crate) fn start_fetch(&mut self, signed: SignedRelease, body: layerhop_protocol::ReleaseBody) {
         let channel = body.channel.as_str().to_owned();
-        self.fetches.insert(channel.clone(), Fetch::new(signed, body));
+        self.fetches.insert(channel.clone(), Fetch::new(self.site.moment(), signed, body));
         self.next_round(&channel);
         self.state_dirty = true;
         self.site.epoch += 1;

@@ -119,7 +119,7 @@ impl EventLoop {
                 f.parked_epoch = epoch;
             }
             let key = f.key();
-            let known_since = f.started;
+            let known_since = f.known_since;
             let holders = if sharing { self.site.holders_of(&key) } else { Vec::new() };
             // Quiet: the last full pass found every ready want held by a live member, and
             // nothing has changed that since (see the module docs).

@@ -22,7 +22,7 @@ use layerhop_store::Store;
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// Lanes served at once.
@@ -39,11 +39,15 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// chunks in memory (8 MiB at the chunk bound).
 const AHEAD: usize = 1;
 
-/// The peers lanes are served to (see the module docs), and how many lanes each has open.
+/// The peers lanes are served to (see the module docs), how many lanes each has open, and when
+/// each last asked for chunks: a member asking is alive, which the event loop counts as hearing
+/// from it (`crate::site::Site::heard_at`) — a member busy fetching whose state messages are
+/// late keeps its lease.
 #[derive(Default)]
 pub(crate) struct Access {
     allowed: RwLock<HashSet<PeerId>>,
     open: Mutex<HashMap<PeerId, usize>>,
+    asked: Mutex<HashMap<PeerId, Instant>>,
 }
 
 impl Access {
@@ -55,6 +59,13 @@ impl Access {
     }
     fn allowed(&self, p: &PeerId) -> bool {
         self.allowed.read().unwrap_or_else(|e| e.into_inner()).contains(p)
+    }
+    fn note_asked(&self, p: PeerId) {
+        self.asked.lock().unwrap_or_else(|e| e.into_inner()).insert(p, Instant::now());
+    }
+    /// Who asked for chunks since the last call, and when last.
+    pub(crate) fn take_asked(&self) -> HashMap<PeerId, Instant> {
+        std::mem::take(&mut *self.asked.lock().unwrap_or_else(|e| e.into_inner()))
     }
     /// Count a lane of `p` open while the guard lives; none if it has [`PER_PEER`] already.
     fn enter(self: &Arc<Self>, p: PeerId) -> Option<Entered> {
@@ -167,6 +178,7 @@ async fn serve(tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, s: &Ser
             if !s.access.allowed(&peer) {
                 return Err(format!("{peer} is not a site member reached over the LAN"));
             }
+            s.access.note_asked(peer);
             // A slot first, so at most AHEAD answers wait in memory besides the one written.
             let Ok(slot) = tx.reserve().await else { return Ok(()) };
             let (store, served, known) = (s.store.clone(), s.served.clone(), s.incompressible.clone());

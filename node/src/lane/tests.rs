@@ -92,6 +92,7 @@ async fn a_member_gets_verified_chunks_and_missing_ones_are_said() {
     let s = server().await;
     let me = member(&s);
     let missing = ChunkId::of(b"not held");
+    let before = std::time::Instant::now();
     match ask(&me, s.addr, s.peer, lan(), vec![s.id, missing]).await {
         Event::Answer { peer, req, replies } => {
             assert_eq!((peer, req), (s.peer, 7));
@@ -102,6 +103,11 @@ async fn a_member_gets_verified_chunks_and_missing_ones_are_said() {
         }
         other => panic!("{other:?}"),
     }
+    // The member asked: the event loop hears of it (and counts it as heard from), once.
+    let asked = s.access.take_asked();
+    assert!(asked.get(&me.public().to_peer_id()).is_some_and(|at| *at >= before), "{asked:?}");
+    assert_eq!(asked.len(), 1);
+    assert!(s.access.take_asked().is_empty());
 }
 
 #[tokio::test]
@@ -153,6 +159,7 @@ async fn a_peer_not_allowed_is_not_served() {
         Event::Closed { why: Failure::Lost(_), .. } => {}
         other => panic!("a stranger was answered: {other:?}"),
     }
+    assert!(s.access.take_asked().is_empty(), "a stranger's request counted as a member heard from");
 }
 
 #[tokio::test]
