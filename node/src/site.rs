@@ -34,8 +34,9 @@
 //! the loop waited seconds for a CPU, a suspended device) is not counted against anyone — a node
 //! that was not listening cannot tell a silent member from its own deafness. Measured on a
 //! 2-core host running a 5 × 50 fleet (250 nodes): the event loops' 250 ms ticks came a median
-//! 4 s and at most 20 s apart while each loop had done 1-13 ms of work since the last one (the
-//! whole host waited for CPU), members' state messages came as late, and 1,405 leases were lost
+//! 2.7-4.1 s apart (up to 26 s; two runs) while a loop had spent a median of at most 27 ms
+//! handling events in between (the whole host waited for CPU), members' state messages came as
+//! late, and 1,405 leases were lost
 //! to "silence" in one run — 462 of them holding seed claims that the rendezvous then gave to
 //! a second member, which fetched those chunks again. The members' own messages are delayed by
 //! the same load, so one loaded host discounts its own stalls; a member whose host alone is
