@@ -367,7 +367,9 @@ impl EventLoop {
                 () = std::future::ready(()), if self.pump_due => Step::Pump,
             };
             // Before anything is heard in this step: time the loop did not run is nobody's
-            // silence (see `crate::site`).
+            // silence (see `crate::site`). Lane requests noted meanwhile first, each on the
+            // watch as it stood when it came.
+            self.lane_requests_heard();
             self.site.watch(Instant::now());
             match step {
                 Step::Command(Some(Command::Shutdown(reply))) => {
@@ -506,11 +508,6 @@ impl EventLoop {
         if aged {
             self.site.epoch += 1;
             self.pump_due = true;
-        }
-        if let Some(l) = &self.lanes {
-            for (p, at) in l.access.take_asked() {
-                self.site.heard_at(&p, at);
-            }
         }
         if self.site.expire() {
             self.pump_due = true;

@@ -30,8 +30,9 @@
 //! resume — with TCP's retransmission backoff, connections come back at different times.
 //!
 //! Silence is measured on this node's *watch*, not the wall clock: time during which this node's
-//! own event loop did not run (its tick came more than [`WATCH_GAP`] late: a host so loaded that
-//! the loop waited seconds for a CPU, a suspended device) is not counted against anyone — a node
+//! own event loop did not get through its steps (more than [`WATCH_GAP`] between two steps,
+//! where an idle loop ticks every 250 ms: a host so loaded that the loop waited seconds for a
+//! CPU, or a step of its own that took that long) is not counted against anyone — a node
 //! that was not listening cannot tell a silent member from its own deafness. Measured on a
 //! 2-core host running a 5 × 50 fleet (250 nodes): the event loops' 250 ms ticks came a median
 //! 2.7-4.1 s apart (up to 26 s; two runs) while a loop had spent a median of at most 27 ms
@@ -43,7 +44,12 @@
 //! loaded is judged by a listener that was watching, on the wall clock. With this rule (and lane
 //! requests counted as hearing from the member that asks) the same fleet on the same host lost
 //! no lease and every site fetched each new chunk from the seed once. The price: a node starved
-//! this way notices a member that really died later — after a lease of time it watched.
+//! this way notices a member that really died later — after a lease of time it watched, but
+//! within [`MAX_DISCOUNT_LEASES`] + 1 leases of wall time; and members starved differently
+//! may, for a while, disagree on a chunk's fetcher (as members whose messages are late do on
+//! the wall clock). The same watch ages a release (who takes part in its rendezvous, see
+//! [`Site::fetcher`]) and runs the uplink clock below: time not watched is not time the uplink
+//! was seen working.
 //!
 //! The stall bound on that clock is longer than the lease: the lease plus the request timeout
 //! ([`Site::with_stall`]). A seed serving a whole fleet at once answers some devices later than
@@ -57,9 +63,15 @@ use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// A tick of this node's event loop (every 250 ms) coming more than this late means the loop
-/// was not running: the excess is time not watched (see the module docs).
+/// More than this between two steps of this node's event loop (which ticks every 250 ms when
+/// idle) means the loop was not getting through them: the excess is time not watched (see the
+/// module docs).
 pub const WATCH_GAP: Duration = Duration::from_secs(1);
+
+/// Unwatched time discounted from any one silence or age is at most this many leases: a node
+/// starved for minutes still hands a dead member's chunks on within three leases of wall time
+/// (45 s by default). The longest silence of a live member measured on a starved host was 33 s.
+pub const MAX_DISCOUNT_LEASES: u32 = 2;
 
 /// A moment on this node's watch: the wall instant, and how much time this node had not
 /// watched by then (see the module docs).
@@ -138,7 +150,7 @@ pub struct Site {
     /// How much working uplink a member waiting on the seed may go without seed progress.
     stall: Duration,
     /// When anyone on the site (this node or a member) last received a chunk from the seed.
-    site_progress: Option<Instant>,
+    site_progress: Option<Moment>,
     /// How long the site's uplink has been seen working (see the module docs).
     uplink_clock: Duration,
     /// When this node's loop last showed it runs ([`Site::watch`]), and how much time it has
@@ -199,27 +211,37 @@ impl Site {
         self
     }
 
-    /// This node's event loop runs now (called at every step of the loop, before what woke it
-    /// is handled; an idle loop still ticks every 250 ms): more than [`WATCH_GAP`] since the
-    /// last call adds the excess to the time not watched.
+    /// This node's event loop takes a step now (called at every step of the loop, before what
+    /// woke it is handled; an idle loop still ticks every 250 ms): more than [`WATCH_GAP`] since
+    /// the last call adds the excess to the time not watched.
     pub fn watch(&mut self, now: Instant) {
         let gap = now.saturating_duration_since(self.watched_at);
         if gap > WATCH_GAP {
             tracing::debug!(gap_ms = gap.as_millis() as u64, "event loop ran late; the time it missed is not counted as anyone's silence");
-            self.unwatched += gap - WATCH_GAP;
         }
+        self.unwatched = self.unwatched_at(now);
         self.watched_at = self.watched_at.max(now);
+    }
+
+    /// The time not watched by `t`: what [`Site::watch`] added up, and, past the last step,
+    /// what the step now going on has missed so far (so a step stalled midway counts as late
+    /// at once, and the total never goes back). Before the last step: what was added up by it.
+    fn unwatched_at(&self, t: Instant) -> Duration {
+        self.unwatched + t.saturating_duration_since(self.watched_at).saturating_sub(WATCH_GAP)
     }
 
     /// Now, on this node's watch.
     pub fn moment(&self) -> Moment {
-        Moment { at: Instant::now(), unwatched: self.unwatched }
+        let now = Instant::now();
+        Moment { at: now, unwatched: self.unwatched_at(now) }
     }
 
     /// The time watched between `since` and `now`: the wall time less what this node did not
-    /// watch meanwhile.
+    /// watch meanwhile, but less at most [`MAX_DISCOUNT_LEASES`] leases — a node starved for
+    /// long still notices a member that died, that much later than on the wall clock.
     pub fn watched_since(&self, since: Moment, now: Instant) -> Duration {
-        now.saturating_duration_since(since.at).saturating_sub(self.unwatched.saturating_sub(since.unwatched))
+        let discount = self.unwatched_at(now).saturating_sub(since.unwatched).min(self.lease * MAX_DISCOUNT_LEASES);
+        now.saturating_duration_since(since.at).saturating_sub(discount)
     }
 
     /// A peer proved it is an enrolled member of this site; it follows `channels` (empty: all).
@@ -326,7 +348,7 @@ impl Site {
     /// `peer` was heard from at `at`, which this node learns only now (a request over a lane,
     /// noted by the lane server): counted unless something later was heard already.
     pub fn heard_at(&mut self, peer: &PeerId, at: Instant) {
-        let unwatched = self.unwatched;
+        let unwatched = self.unwatched_at(at);
         if let Some(m) = self.members.get_mut(peer)
             && at > m.last_heard.at
         {
@@ -344,12 +366,14 @@ impl Site {
     /// outage (or a pause with nothing to fetch) and does not count against anyone.
     fn note_progress(&mut self, now: Instant) {
         if let Some(p) = self.site_progress {
-            let gap = now.saturating_duration_since(p);
+            // Time this node did not watch is not time the uplink was seen working.
+            let gap = self.watched_since(p, now);
             if gap < self.working_window() {
                 self.uplink_clock += gap;
             }
         }
-        self.site_progress = Some(self.site_progress.map_or(now, |p| p.max(now)));
+        let here = Moment { at: now, unwatched: self.unwatched_at(now) };
+        self.site_progress = Some(self.site_progress.filter(|p| p.at > now).unwrap_or(here));
     }
 
     /// Two seed chunks landing on the site within this long means its uplink worked between
@@ -567,26 +591,36 @@ mod tests {
         assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
     }
 
-    #[test]
-    fn time_this_node_did_not_run_is_nobody_s_silence() {
-        let (me, other) = (PeerId::random(), PeerId::random());
+    /// This node's loop takes no step for `d` (its host gave it no CPU), then takes one now.
+    fn stall(s: &mut Site, d: Duration) {
+        s.watched_at -= d;
+        s.watch(Instant::now());
+    }
+
+    /// A member of a site with a 10 s lease that holds some chunk this node would fetch.
+    fn site_with_a_member() -> (Site, PeerId, ReleaseKey, ChunkId) {
         let release: ReleaseKey = ("models".into(), 1);
-        let mut s = Site::new(me, Duration::from_secs(10));
+        let mut s = Site::new(PeerId::random(), Duration::from_secs(10));
+        let other = PeerId::random();
         s.join(other, vec![], vec![]);
         s.on_state(&other, state(&release, vec![], vec![]));
         let theirs = (0..100u32).map(|i| ChunkId::of(&i.to_le_bytes())).find(|id| s.fetcher(&release, id, true, long_ago()) != Fetcher::Me).expect("some chunk is theirs");
-        // The member was heard 30 s ago, and this node's loop has not run for the last 25 s
-        // of them (its host gave it no CPU): 6 s watched (a tick may be a second late), the
-        // member keeps its chunks.
-        pass(&mut s, Duration::from_secs(30));
-        s.watched_at -= Duration::from_secs(25);
-        s.watch(Instant::now());
+        (s, other, release, theirs)
+    }
+
+    #[test]
+    fn time_this_node_did_not_run_is_nobody_s_silence() {
+        let (mut s, other, release, theirs) = site_with_a_member();
+        // Heard 25 s ago; this node's loop took no step for the last 20 s of them: 19 s not
+        // watched (the first second of a gap counts), 6 s watched, the member keeps its chunks.
+        pass(&mut s, Duration::from_secs(25));
+        stall(&mut s, Duration::from_secs(20));
         assert!(!s.expire());
         assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Peer(other));
-        // The loop runs on time from now on: six more seconds of silence, 12 s watched, end
-        // the lease.
-        pass(&mut s, Duration::from_secs(6));
-        s.watch(Instant::now());
+        // The loop runs on time from now on: 9.5 s watched, still live; 10.25 s, gone.
+        pass(&mut s, Duration::from_millis(3500));
+        assert!(!s.expire());
+        pass(&mut s, Duration::from_millis(750));
         assert!(s.expire());
         assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
         // Heard again (a chunk request on a lane, noted a moment ago): live again.
@@ -599,6 +633,47 @@ mod tests {
     }
 
     #[test]
+    fn a_starved_node_still_drops_a_dead_member_within_three_leases() {
+        let (mut s, other, release, theirs) = site_with_a_member();
+        // Heard 29 s ago, 28 s of them not watched: at most two leases (20 s) are discounted,
+        // so 9 s count; 1.5 s more and the lease is over.
+        pass(&mut s, Duration::from_secs(29));
+        stall(&mut s, Duration::from_secs(28));
+        assert!(!s.expire());
+        pass(&mut s, Duration::from_millis(1500));
+        assert!(s.expire());
+        assert_eq!(s.fetcher(&release, &theirs, true, long_ago()), Fetcher::Me);
+        assert!(!s.live(&other));
+    }
+
+    #[test]
+    fn a_lane_request_noted_before_a_stall_counts_from_when_it_came() {
+        let (mut s, other, _, _) = site_with_a_member();
+        // The member asked 15.9 s ago, just after this node's last step; the loop then took
+        // no step for 16 s, and the request is taken from the lane's notes before the step
+        // that ends the stall: 0.9 s of silence watched, not 15.9.
+        pass(&mut s, Duration::from_secs(30));
+        s.watched_at -= Duration::from_secs(16);
+        s.heard_at(&other, Instant::now() - Duration::from_millis(15_900));
+        s.watch(Instant::now());
+        assert!(!s.expire());
+        assert!(s.live(&other));
+    }
+
+    #[test]
+    fn time_not_watched_is_not_working_uplink() {
+        let (mut s, _, _, _) = site_with_a_member();
+        s.note_my_progress(Instant::now());
+        // The next seed chunk lands 4 s later (inside the 3.3 s working window only if the 3 s
+        // the loop took no step are left out): the uplink clock advances by 1 s.
+        pass(&mut s, Duration::from_secs(4));
+        stall(&mut s, Duration::from_secs(4));
+        s.note_my_progress(Instant::now());
+        let d = s.uplink_clock.abs_diff(Duration::from_secs(1));
+        assert!(d < Duration::from_millis(100), "uplink clock {:?}", s.uplink_clock);
+    }
+
+    #[test]
     fn a_release_ages_on_this_node_s_watch() {
         let (me, follower) = (PeerId::random(), PeerId::random());
         let release: ReleaseKey = ("models".into(), 1);
@@ -606,19 +681,23 @@ mod tests {
         s.join(follower, vec![], vec![Channel::new("models").expect("channel")]);
         let ids: Vec<ChunkId> = (0..200u32).map(|i| ChunkId::of(&i.to_le_bytes())).collect();
         let follower_fetches = |s: &Site, since: Moment| ids.iter().any(|id| s.fetcher(&release, id, true, since) == Fetcher::Peer(follower));
-        // Known 30 s ago on the wall clock, 25 s of which this node's loop did not run: still
-        // young, the follower that has not reported the release yet keeps its share.
-        let since = Moment { at: Instant::now() - Duration::from_secs(30), unwatched: s.unwatched };
-        s.watched_at -= Duration::from_secs(25);
-        s.watch(Instant::now());
+        // Known 25 s ago on the wall clock, 20 s of which this node's loop took no step: 6 s
+        // watched, still young: the follower that has not reported the release yet keeps its
+        // share. (Known 60 s ago: old, it has none.)
+        let since = s.moment();
+        let since = Moment { at: since.at - Duration::from_secs(25), ..since };
+        stall(&mut s, Duration::from_secs(20));
         assert!(follower_fetches(&s, since));
         assert!(!follower_fetches(&s, long_ago()));
+        // 4.5 s more on time: 10.5 s watched, old.
+        let since = Moment { at: since.at - Duration::from_millis(4500), ..since };
+        assert!(!follower_fetches(&s, since));
     }
 
     /// Let `d` pass: every instant the site holds moves back by `d`.
     fn pass(s: &mut Site, d: Duration) {
         if let Some(p) = s.site_progress.as_mut() {
-            *p -= d;
+            p.at -= d;
         }
         for m in s.members.values_mut() {
             m.last_heard.at -= d;

@@ -115,6 +115,15 @@ impl EventLoop {
         }
     }
 
+    /// Members that asked for chunks on their lanes since the last step are heard from.
+    pub(crate) fn lane_requests_heard(&mut self) {
+        if let Some(l) = &self.lanes {
+            for (p, at) in l.access.take_asked() {
+                self.site.heard_at(&p, at);
+            }
+        }
+    }
+
     /// Both ends took each other as members (so the peer answers): ask for its lane's port.
     pub(crate) fn lane_ask(&mut self, peer: PeerId) {
         if self.lanes.is_some() {
