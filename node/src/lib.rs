@@ -55,3 +55,4 @@ pub mod strikes;
 pub mod swarm;
 pub mod traffic;
 pub mod upstream;
+pub mod watch;

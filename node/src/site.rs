@@ -29,27 +29,10 @@
 //! its lease (a lease less the working-link time it had already waited before the outage) to
 //! resume — with TCP's retransmission backoff, connections come back at different times.
 //!
-//! Silence is measured on this node's *watch*, not the wall clock: time during which this node's
-//! own event loop did not get through its steps (more than [`WATCH_GAP`] between two steps,
-//! where an idle loop ticks every 250 ms: a host so loaded that the loop waited seconds for a
-//! CPU, or a step of its own that took that long) is not counted against anyone — a node
-//! that was not listening cannot tell a silent member from its own deafness. Measured on a
-//! 2-core host running a 5 × 50 fleet (250 nodes): the event loops' 250 ms ticks came a median
-//! 2.7-4.1 s apart (up to 26 s; two runs) while a loop had spent a median of at most 27 ms
-//! handling events in between (the whole host waited for CPU), members' state messages came as
-//! late, and 1,405 leases were lost
-//! to "silence" in one run — 462 of them holding seed claims that the rendezvous then gave to
-//! a second member, which fetched those chunks again. The members' own messages are delayed by
-//! the same load, so one loaded host discounts its own stalls; a member whose host alone is
-//! loaded is judged by a listener that was watching, on the wall clock. With this rule (and lane
-//! requests counted as hearing from the member that asks) the same fleet on the same host lost
-//! no lease and every site fetched each new chunk from the seed once. The price: a node starved
-//! this way notices a member that really died later — after a lease of time it watched, but
-//! within [`MAX_DISCOUNT_LEASES`] + 1 leases of wall time; and members starved differently
-//! may, for a while, disagree on a chunk's fetcher (as members whose messages are late do on
-//! the wall clock). The same watch ages a release (who takes part in its rendezvous, see
-//! [`Site::fetcher`]) and runs the uplink clock below: time not watched is not time the uplink
-//! was seen working.
+//! Silence is measured on this node's *watch* ([`crate::watch`]), not the wall clock: time
+//! its own event loop did not get through its steps is not counted against any member. The
+//! same watch ages a release (who takes part in its rendezvous, see [`Site::fetcher`]) and runs
+//! the uplink clock above: time not watched is not time the uplink was seen working.
 //!
 //! The stall bound on that clock is longer than the lease: the lease plus the request timeout
 //! ([`Site::with_stall`]). A seed serving a whole fleet at once answers some devices later than
@@ -63,24 +46,13 @@ use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// More than this between two steps of this node's event loop (which ticks every 250 ms when
-/// idle) means the loop was not getting through them: the excess is time not watched (see the
-/// module docs).
-pub const WATCH_GAP: Duration = Duration::from_secs(1);
+pub use crate::watch::Moment;
+use crate::watch::Watch;
 
 /// Unwatched time discounted from any one silence or age is at most this many leases: a node
 /// starved for minutes still hands a dead member's chunks on within three leases of wall time
 /// (45 s by default). The longest silence of a live member measured on a starved host was 33 s.
 pub const MAX_DISCOUNT_LEASES: u32 = 2;
-
-/// A moment on this node's watch: the wall instant, and how much time this node had not
-/// watched by then (see the module docs).
-#[derive(Debug, Clone, Copy)]
-pub struct Moment {
-    /// The wall instant.
-    pub at: Instant,
-    unwatched: Duration,
-}
 
 /// A release, as members name it.
 pub type ReleaseKey = (String, u64);
@@ -153,10 +125,8 @@ pub struct Site {
     site_progress: Option<Moment>,
     /// How long the site's uplink has been seen working (see the module docs).
     uplink_clock: Duration,
-    /// When this node's loop last showed it runs ([`Site::watch`]), and how much time it has
-    /// not been watching in all.
-    watched_at: Instant,
-    unwatched: Duration,
+    /// This node's watch ([`Site::watch`]).
+    clock: Watch,
     members: HashMap<PeerId, Member>,
     /// Members found not live at the last [`Site::expire`].
     stale: HashSet<PeerId>,
@@ -196,8 +166,7 @@ impl Site {
             stall: lease,
             site_progress: None,
             uplink_clock: Duration::ZERO,
-            watched_at: Instant::now(),
-            unwatched: Duration::ZERO,
+            clock: Watch::new(),
             members: HashMap::new(),
             stale: HashSet::new(),
             epoch: 0,
@@ -212,36 +181,21 @@ impl Site {
     }
 
     /// This node's event loop takes a step now (called at every step of the loop, before what
-    /// woke it is handled; an idle loop still ticks every 250 ms): more than [`WATCH_GAP`] since
-    /// the last call adds the excess to the time not watched.
+    /// woke it is handled): see [`Watch::step`].
     pub fn watch(&mut self, now: Instant) {
-        let gap = now.saturating_duration_since(self.watched_at);
-        if gap > WATCH_GAP {
-            tracing::debug!(gap_ms = gap.as_millis() as u64, "event loop ran late; the time it missed is not counted as anyone's silence");
-        }
-        self.unwatched = self.unwatched_at(now);
-        self.watched_at = self.watched_at.max(now);
-    }
-
-    /// The time not watched by `t`: what [`Site::watch`] added up, and, past the last step,
-    /// what the step now going on has missed so far (so a step stalled midway counts as late
-    /// at once, and the total never goes back). Before the last step: what was added up by it.
-    fn unwatched_at(&self, t: Instant) -> Duration {
-        self.unwatched + t.saturating_duration_since(self.watched_at).saturating_sub(WATCH_GAP)
+        self.clock.step(now);
     }
 
     /// Now, on this node's watch.
     pub fn moment(&self) -> Moment {
-        let now = Instant::now();
-        Moment { at: now, unwatched: self.unwatched_at(now) }
+        self.clock.at(Instant::now())
     }
 
-    /// The time watched between `since` and `now`: the wall time less what this node did not
-    /// watch meanwhile, but less at most [`MAX_DISCOUNT_LEASES`] leases — a node starved for
-    /// long still notices a member that died, that much later than on the wall clock.
+    /// The time watched between `since` and `now` ([`Watch::since`]), discounting at most
+    /// [`MAX_DISCOUNT_LEASES`] leases — a node starved for long still notices a member that
+    /// died, that much later than on the wall clock.
     pub fn watched_since(&self, since: Moment, now: Instant) -> Duration {
-        let discount = self.unwatched_at(now).saturating_sub(since.unwatched).min(self.lease * MAX_DISCOUNT_LEASES);
-        now.saturating_duration_since(since.at).saturating_sub(discount)
+        self.clock.since(since, now, self.lease * MAX_DISCOUNT_LEASES)
     }
 
     /// A peer proved it is an enrolled member of this site; it follows `channels` (empty: all).
@@ -348,11 +302,11 @@ impl Site {
     /// `peer` was heard from at `at`, which this node learns only now (a request over a lane,
     /// noted by the lane server): counted unless something later was heard already.
     pub fn heard_at(&mut self, peer: &PeerId, at: Instant) {
-        let unwatched = self.unwatched_at(at);
+        let heard = self.clock.at(at);
         if let Some(m) = self.members.get_mut(peer)
             && at > m.last_heard.at
         {
-            m.last_heard = Moment { at, unwatched };
+            m.last_heard = heard;
         }
     }
 
@@ -372,7 +326,7 @@ impl Site {
                 self.uplink_clock += gap;
             }
         }
-        let here = Moment { at: now, unwatched: self.unwatched_at(now) };
+        let here = self.clock.at(now);
         self.site_progress = Some(self.site_progress.filter(|p| p.at > now).unwrap_or(here));
     }
 
@@ -593,7 +547,7 @@ mod tests {
 
     /// This node's loop takes no step for `d` (its host gave it no CPU), then takes one now.
     fn stall(s: &mut Site, d: Duration) {
-        s.watched_at -= d;
+        s.clock.stepped_at -= d;
         s.watch(Instant::now());
     }
 
@@ -653,7 +607,7 @@ mod tests {
         // no step for 16 s, and the request is taken from the lane's notes before the step
         // that ends the stall: 0.9 s of silence watched, not 15.9.
         pass(&mut s, Duration::from_secs(30));
-        s.watched_at -= Duration::from_secs(16);
+        s.clock.stepped_at -= Duration::from_secs(16);
         s.heard_at(&other, Instant::now() - Duration::from_millis(15_900));
         s.watch(Instant::now());
         assert!(!s.expire());
